@@ -1,0 +1,29 @@
+# The two commands of the README: `make pipeline` (install, then run the pipeline) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The offline copy of the data set, where this checkout has one beside it; empty means the hub.
+FINSENT_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data/twitter-financial-news-sentiment))
+export FINSENT_DATA_MIRROR
+
+.PHONY: install install-dev pipeline test lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
+
+pipeline: install
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+lint: install-dev
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest

@@ -1,0 +1,90 @@
+"""Typed access to params.yaml: every knob of the pipeline, validated, with errors naming the key."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML, YAMLError
+
+from finsent.errors import FinsentError
+
+LABELS: tuple[str, ...] = ("Bearish", "Bullish", "Neutral")
+"""The data set's classes, by label id."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitFingerprint(_Section):
+    rows: int = Field(gt=0)
+    labels: dict[str, int]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DataParams(_Section):
+    dataset: str
+    revision: str
+    dev_size: float = Field(gt=0, lt=1)
+    seed: int
+    fingerprint: dict[Literal["train", "validation"], SplitFingerprint]
+
+
+class ModelParams(_Section):
+    checkpoint: str
+    revision: str
+
+
+class TokenizeParams(_Section):
+    max_length: int = Field(gt=8, le=4096)
+
+
+class LoraParams(_Section):
+    r: int = Field(gt=0)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    # "auto" picks every linear layer of the encoder for the model's architecture (see modeling.py).
+    target_modules: Literal["auto"] | list[str]
+
+
+class TrainParams(_Section):
+    learning_rate: float = Field(gt=0)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    warmup_ratio: float = Field(ge=0, lt=1)
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    seed: int
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(gt=0)
+
+
+class Params(_Section):
+    data: DataParams
+    model: ModelParams
+    tokenize: TokenizeParams
+    lora: LoraParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    """Read and validate params.yaml.
+
+    ruamel.yaml reads YAML 1.2, so `1e-3` (as `dvc exp run -S` writes it) is a float; PyYAML would
+    read it as a string (treeverse/dvc#5971).
+    """
+    try:
+        raw = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FinsentError(f"{path}: file not found") from None
+    except YAMLError as error:
+        raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise FinsentError(f"{path}: {key}: {first['msg']}") from None

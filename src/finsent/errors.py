@@ -1,0 +1,17 @@
+"""Expected failures: reported as one line on stderr with a non-zero exit, never as a traceback."""
+
+import sys
+from collections.abc import Callable
+
+
+class FinsentError(Exception):
+    """A failure the user can fix (bad input, bad params, missing data); the message says what."""
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a command's main(); a FinsentError becomes `error: <message>` and exit status 1."""
+    try:
+        main()
+    except FinsentError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

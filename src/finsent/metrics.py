@@ -1,0 +1,67 @@
+"""Classification metrics from true labels and predicted probabilities (scikit-learn underneath)."""
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    log_loss,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
+
+from finsent.config import LABELS
+
+_CLASS_IDS = list(range(len(LABELS)))
+
+
+def headline_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 (the headline: Neutral is two thirds of the data), weighted-F1, log-loss."""
+    predicted = probabilities.argmax(axis=1)
+    return {
+        "macro_f1": float(f1_score(labels, predicted, labels=_CLASS_IDS, average="macro")),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "weighted_f1": float(f1_score(labels, predicted, labels=_CLASS_IDS, average="weighted")),
+        "log_loss": float(log_loss(labels, probabilities, labels=_CLASS_IDS)),
+    }
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Headline metrics plus precision, recall, F1, support and average precision for each class."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, probabilities.argmax(axis=1), labels=_CLASS_IDS, zero_division=0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "average_precision": float(average_precision_score(labels == i, probabilities[:, i])),
+        }
+        for i, name in enumerate(LABELS)
+    }
+    return {**headline_metrics(labels, probabilities), "per_class": per_class}
+
+
+def precision_recall_curves(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, pd.DataFrame]:
+    """One-vs-rest precision-recall curve of each class, as `recall`, `precision` columns."""
+    curves = {}
+    for i, name in enumerate(LABELS):
+        precision, recall, _ = precision_recall_curve(labels == i, probabilities[:, i])
+        curves[name] = pd.DataFrame({"recall": recall, "precision": precision}).round(5)
+    return curves
+
+
+def predictions_table(ids, labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """One row per example: id, actual and predicted class names, and each class's probability."""
+    names = np.array(LABELS)
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "actual": names[labels],
+            "predicted": names[probabilities.argmax(axis=1)],
+            **{f"p_{name}": probabilities[:, i].round(6) for i, name in enumerate(LABELS)},
+        }
+    )

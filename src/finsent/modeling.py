@@ -1,0 +1,141 @@
+"""The classifier: a pre-trained encoder with LoRA adapters and a fully trained head, saved and reloaded."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from finsent.config import LABELS, LoraParams
+from finsent.errors import FinsentError
+
+LORA_TARGETS = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+}
+"""Names of every linear layer of the encoder, by `model_type` (DeBERTa-v3 checkpoints are deberta-v2)."""
+
+HEAD_MODULES = ("pooler", "classifier")
+"""Modules of the sequence-classification head: trained in full and saved with the adapter."""
+
+BASE_SUBDIR = "base"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _quiet_load(load, *args, **kwargs):
+    # The head is new, so transformers warns that its weights are "newly initialized": expected here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_base_model(checkpoint_dir: Path) -> PreTrainedModel:
+    """The pre-trained encoder with a new three-way classification head named by LABELS."""
+    config = AutoConfig.from_pretrained(
+        checkpoint_dir,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
+    return _quiet_load(AutoModelForSequenceClassification.from_pretrained, checkpoint_dir, config=config)
+
+
+def lora_config(model: PreTrainedModel, params: LoraParams) -> LoraConfig:
+    """LoRA on the encoder's linear layers; the head (pooler and classifier) trained and saved in full."""
+    if params.target_modules == "auto":
+        model_type = model.config.model_type
+        if model_type not in LORA_TARGETS:
+            raise FinsentError(
+                f"lora.target_modules: no default for model type {model_type!r}; "
+                f"list the module names (defaults exist for {', '.join(LORA_TARGETS)})"
+            )
+        targets = LORA_TARGETS[model_type]
+    else:
+        targets = params.target_modules
+    heads = [name for name, _ in model.named_modules() if name.split(".")[-1] in HEAD_MODULES]
+    # A target such as "dense" also names the pooler's layer, which is trained in full instead.
+    inside_heads = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(name.startswith(f"{h}.") for h in heads)
+    ]
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=params.r,
+        lora_alpha=params.alpha,
+        lora_dropout=params.dropout,
+        target_modules=targets,
+        exclude_modules=inside_heads or None,
+        modules_to_save=[name.split(".")[-1] for name in heads],
+    )
+
+
+def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel:
+    config = lora_config(model, params)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise FinsentError(f"lora.target_modules: {error}") from None
+
+
+def save_classifier(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, checkpoint_dir: Path, out_dir: Path
+) -> None:
+    """Write all that prediction needs, hub or no hub: base weights, adapter and head, tokenizer."""
+    base_dir = out_dir / BASE_SUBDIR
+    base_dir.mkdir(parents=True)
+    model.get_base_model().config.save_pretrained(base_dir)  # holds the label map
+    # The base weights are the checkpoint's, untouched by LoRA: copied, so that they hash the same in
+    # DVC's cache for every experiment.
+    for name in _WEIGHT_FILES:
+        if (checkpoint_dir / name).is_file():
+            shutil.copyfile(checkpoint_dir / name, base_dir / name)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_classifier(model_dir: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """Reload what `save_classifier` wrote, ready for inference."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "adapter_config.json").is_file():
+        raise FinsentError(f"{model_dir}: no trained model here (adapter_config.json is missing)")
+    base = _quiet_load(AutoModelForSequenceClassification.from_pretrained, model_dir / BASE_SUBDIR)
+    model = PeftModel.from_pretrained(base, model_dir)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    batch_size: int,
+) -> np.ndarray:
+    """Class probabilities, shape (len(texts), len(LABELS)), in the order of `texts`."""
+    device = next(model.parameters()).device
+    # Batches of similar length waste little on padding; the results go back to input order.
+    order = np.argsort([len(text) for text in texts], kind="stable")
+    probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in rows], truncation=True, padding=True, return_tensors="pt").to(
+            device
+        )
+        logits = model(**batch).logits.float()
+        probabilities[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probabilities

@@ -1,0 +1,129 @@
+"""Fine-tuning with transformers' Trainer: LoRA, dynamic padding, length-grouped batches, best dev epoch."""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+from transformers import (
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from finsent.checkpoints import resolve_checkpoint
+from finsent.config import Params
+from finsent.features import TOKENIZER_SUBDIR, read_tokenized
+from finsent.metrics import headline_metrics
+from finsent.modeling import load_base_model, save_classifier, with_lora
+
+SELECTION_METRIC = "macro_f1"
+
+
+class EpochLogger(TrainerCallback):
+    """Logs train loss and dev metrics to dvclive, one step per epoch.
+
+    transformers' own DVCLiveCallback advances a step at every log event (two per epoch here: train
+    loss, then dev metrics) and records every TrainingArguments field as a param; hence this one.
+    """
+
+    def __init__(self, live: Live):
+        self.live = live
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self.live.step = round(state.epoch)
+            self.live.log_metric("train/loss", logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero:
+            self.live.step = round(state.epoch)
+            for name in ("macro_f1", "accuracy", "log_loss"):
+                self.live.log_metric(f"dev/{name}", metrics[f"eval_{name}"])
+            self.live.make_summary()
+
+
+def _dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    logits = torch.from_numpy(np.asarray(prediction.predictions, dtype=np.float32))
+    return headline_metrics(prediction.label_ids, torch.softmax(logits, dim=-1).numpy())
+
+
+def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
+    train = params.train
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a share of all steps
+        num_train_epochs=train.epochs,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=2 * train.batch_size,
+        weight_decay=train.weight_decay,
+        seed=train.seed,
+        data_seed=train.seed,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model=SELECTION_METRIC,
+        greater_is_better=True,
+        save_total_limit=1,
+        save_only_model=True,
+        label_names=["labels"],
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def train_classifier(params: Params, tokenized_dir: Path, model_dir: Path, live: Live) -> dict:
+    """Train on train, keep the epoch with the best dev macro-F1, save it to `model_dir`.
+
+    Returns the summary logged to `live`: the chosen epoch's dev metrics and the training speed.
+    """
+    checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
+    set_seed(params.train.seed)  # before the head is initialised
+    model = with_lora(load_base_model(checkpoint_dir), params.lora)
+    tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
+    train_set = read_tokenized(tokenized_dir, "train")
+    with tempfile.TemporaryDirectory(prefix="finsent-checkpoints-") as scratch:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(params, scratch),
+            train_dataset=train_set,
+            eval_dataset=read_tokenized(tokenized_dir, "dev"),
+            data_collator=DataCollatorWithPadding(
+                tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None
+            ),
+            compute_metrics=_dev_metrics,
+            callbacks=[EpochLogger(live)],
+        )
+        result = trainer.train()
+    best = next(
+        entry
+        for entry in trainer.state.log_history
+        if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
+    )
+    summary = {
+        "dev": {name: best[f"eval_{name}"] for name in ("macro_f1", "accuracy", "log_loss")},
+        "best_epoch": round(best["epoch"]),
+        "train": {
+            "loss": live.summary["train"]["loss"],
+            "samples_per_second": result.metrics["train_samples_per_second"],
+            "runtime_s": result.metrics["train_runtime"],
+            "trainable_parameters": model.get_nb_trainable_parameters()[0],
+        },
+    }
+    live.summary.update(summary)
+    save_classifier(trainer.model, tokenizer, checkpoint_dir, model_dir)
+    return summary

@@ -1,0 +1,38 @@
+"""Stage evaluate: the trained model on the held-out validation split, read once, for the report."""
+
+import argparse
+import json
+from pathlib import Path
+
+from finsent.atomic import atomic_dir, atomic_file
+from finsent.config import load_params
+from finsent.data import read_jsonl
+from finsent.errors import run_cli
+from finsent.metrics import classification_metrics, precision_recall_curves, predictions_table
+from finsent.modeling import load_classifier, predict_proba
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("split_file", type=Path, help="JSONL split to evaluate on")
+    parser.add_argument("metrics_file", type=Path)
+    parser.add_argument("plots_dir", type=Path, help="folder for predictions and plot data")
+    args = parser.parse_args()
+    params = load_params()
+    model, tokenizer = load_classifier(args.model_dir)
+    split = read_jsonl(args.split_file)
+    labels = split["label"].to_numpy()
+    probabilities = predict_proba(model, tokenizer, split["text"].tolist(), params.evaluate.batch_size)
+    metrics = classification_metrics(labels, probabilities)
+    with atomic_dir(args.plots_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
+        predictions_table(split["id"], labels, probabilities).to_csv(staging / "predictions.csv", index=False)
+        (staging / "precision_recall").mkdir()
+        for name, curve in precision_recall_curves(labels, probabilities).items():
+            curve.to_csv(staging / "precision_recall" / f"{name}.csv", index=False)
+        metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({key: metrics[key] for key in ("macro_f1", "accuracy")}, indent=2))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny random models built from configs, slices of the real data, a pipeline copy."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ruamel.yaml import YAML
+
+from finsent.checkpoints import bundled_checkpoint
+from finsent.data import MIRROR_ENV, SOURCE_FILES, fingerprint, read_source_csv
+
+PROJECT = Path(__file__).resolve().parents[1]
+MIRROR = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """Tests never reach a hub: any attempt fails at once instead of hanging."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(MINILM))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def slice_mirror(folder: Path, rows: dict[str, int]) -> Path:
+    """The first rows of each real CSV file, as a mirror folder of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in SOURCE_FILES.items():
+        frame = pd.read_csv(MIRROR / name, dtype=str, keep_default_na=False)
+        frame.head(rows[split]).to_csv(folder / name, index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_mirror(tmp_path_factory) -> Path:
+    return slice_mirror(tmp_path_factory.mktemp("mirror"), {"train": 600, "validation": 200})
+
+
+def mirror_fingerprint(folder: Path) -> dict:
+    return {
+        split: fingerprint(read_source_csv(folder / name)).model_dump()
+        for split, name in SOURCE_FILES.items()
+    }
+
+
+def edit_params(repo: Path, **changes) -> None:
+    """Set dotted keys in repo/params.yaml, as `dvc exp run -S` would."""
+    yaml = YAML()
+    path = repo / "params.yaml"
+    params = yaml.load(path)
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        section = params
+        for parent in parents:
+            section = section[parent]
+        section[key] = value
+    yaml.dump(params, path)
+
+
+def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True):
+    """Run a command as a user would, with this venv's tools first on PATH."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    full_env.update(env or {})
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stage_script(name: str) -> list[str]:
+    return [sys.executable, str(PROJECT / "stages" / name)]
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
+    """A git + DVC copy of the project, set to train the tiny model on the small mirror for 2 epochs."""
+    repo = tmp_path / "repo"
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT).stdout.split()
+    for name in files:
+        if (PROJECT / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT / name, repo / name)
+    edit_params(
+        repo,
+        data__fingerprint=mirror_fingerprint(small_mirror),
+        model__checkpoint=str(tiny_bert_dir),
+        train__epochs=2,
+        train__batch_size=16,
+    )
+    monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
+    for args in (
+        ["git", "init", "-q"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
+        run(args, cwd=repo)
+    return repo
