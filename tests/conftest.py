@@ -116,8 +116,10 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
     monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
     for args in (
         ["git", "init", "-q"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+        ["git", "config", "user.name", "finsent tests"],  # dvc exp run commits too
+        ["git", "config", "user.email", "tests@finsent.invalid"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "copy of the project"],
     ):
         run(args, cwd=repo)
     return repo

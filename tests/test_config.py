@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from finsent.config import load_params
+from finsent.errors import FinsentError
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def with_line(tmp_path: Path, old: str, new: str) -> Path:
+    text = (PROJECT / "params.yaml").read_text()
+    assert old in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_committed_params_are_valid():
+    params = load_params(PROJECT / "params.yaml")
+    assert params.model.checkpoint == "sentence-transformers/all-MiniLM-L6-v2"
+    assert params.data.fingerprint["train"].rows == 9543
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    # `dvc exp run -S train.learning_rate=1e-3` writes exactly this; YAML 1.1 readers see a string.
+    path = with_line(tmp_path, "learning_rate: 1.0e-3", "learning_rate: 1e-3")
+    learning_rate = load_params(path).train.learning_rate
+    assert type(learning_rate) is float
+    assert learning_rate == 0.001
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("learning_rate: 1.0e-3", "learning_rate: -1", "train.learning_rate: Input should be greater than 0"),
+        ("  epochs: 3", "  epochs: three", "train.epochs: Input should be a valid integer"),
+        (
+            "  seed: 42\n\nevaluate",
+            "  seed: 42\n  lr: 1\n\nevaluate",
+            "train.lr: Extra inputs are not permitted",
+        ),
+        ("dev_size: 0.1", "dev_size: 1.5", "data.dev_size: Input should be less than 1"),
+    ],
+)
+def test_bad_value_is_named(tmp_path, old, new, message):
+    path = with_line(tmp_path, old, new)
+    with pytest.raises(FinsentError) as error:
+        load_params(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FinsentError, match=r"params\.yaml: file not found"):
+        load_params(tmp_path / "params.yaml")

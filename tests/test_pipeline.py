@@ -1,0 +1,110 @@
+"""The real `dvc repro` and `dvc exp run`, offline, on a slice of the real data with a tiny model."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import edit_params, run
+from ruamel.yaml import YAML
+
+from finsent.data import read_jsonl
+from finsent.metrics import headline_metrics
+from finsent.modeling import load_classifier, predict_proba
+
+pytestmark = pytest.mark.slow
+STAGES = ("download", "tokenize", "train", "evaluate")
+
+
+def repro(repo, *args) -> set[str]:
+    """Run `dvc repro` and return the stages it ran."""
+    output = run(["dvc", "repro", *args], cwd=repo).stdout
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def metrics(repo) -> dict:
+    return {
+        "dev": json.loads((repo / "metrics/train/metrics.json").read_text())["dev"],
+        "validation": json.loads((repo / "metrics/validation.json").read_text()),
+    }
+
+
+def commit(repo, message: str) -> None:
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", message], cwd=repo)
+
+
+def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
+    repo = pipeline_repo
+    assert repro(repo) == set(STAGES)
+    first = metrics(repo)
+    assert set(first["validation"]) >= {"accuracy", "macro_f1", "weighted_f1", "log_loss", "per_class"}
+    assert set(first["validation"]["per_class"]) == {"Bearish", "Bullish", "Neutral"}
+    predictions = (repo / "plots/predictions.csv").read_text().splitlines()
+    assert predictions[0] == "id,actual,predicted,p_Bearish,p_Bullish,p_Neutral"
+    assert len(predictions) == 1 + 200
+    assert {p.name for p in (repo / "models").iterdir()} >= {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "base",
+    }
+
+    # The saved model reproduces the dev score that chose it.
+    model, tokenizer = load_classifier(repo / "models")
+    dev = read_jsonl(repo / "data/raw/dev.jsonl")
+    probabilities = predict_proba(model, tokenizer, dev["text"].tolist(), batch_size=64)
+    assert headline_metrics(dev["label"].to_numpy(), probabilities)["macro_f1"] == pytest.approx(
+        first["dev"]["macro_f1"], abs=1e-9
+    )
+    commit(repo, "first run")
+
+    assert repro(repo) == set()
+    assert "up to date" in run(["dvc", "status"], cwd=repo).stdout
+
+    edit_params(repo, evaluate__batch_size=7)
+    assert repro(repo) == {"evaluate"}
+    np.testing.assert_allclose(metrics(repo)["validation"]["macro_f1"], first["validation"]["macro_f1"])
+
+    edit_params(repo, lora__r=2)
+    assert repro(repo) == {"train", "evaluate"}
+    params_diff = run(["dvc", "params", "diff", "--md"], cwd=repo).stdout
+    assert "lora.r" in params_diff
+    assert "evaluate.batch_size" in params_diff
+    assert "metrics/validation.json" in run(["dvc", "metrics", "diff", "--all"], cwd=repo).stdout
+
+    # The same params again, from scratch: identical metrics on CPU.
+    after_change = metrics(repo)
+    repro(repo, "--force", "--single-item", "train")
+    assert metrics(repo)["dev"] == after_change["dev"]
+
+    run(["dvc", "plots", "show", "-o", "plots-html"], cwd=repo)
+    html = (repo / "plots-html/index.html").read_text()
+    assert "Confusion matrix (validation)" in html
+    assert "Dev macro-F1 by epoch" in html
+
+
+def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
+    repo = pipeline_repo
+    run(["dvc", "exp", "run", "-S", "train.learning_rate=1e-2"], cwd=repo)
+    assert "learning_rate: 1e-2" in (repo / "params.yaml").read_text()
+    recorded = YAML(typ="safe").load((repo / "metrics/train/params.yaml").read_text())
+    assert recorded["train"]["learning_rate"] == 0.01
+    assert type(recorded["train"]["learning_rate"]) is float
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], cwd=repo).stdout)
+    experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+    assert experiments, shown
+    params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["train"]["learning_rate"] == 0.01
+
+
+def test_bad_checkpoint_stops_repro_with_one_line(pipeline_repo):
+    edit_params(pipeline_repo, model__checkpoint="nobody/no-such-model")
+    result = run(["dvc", "repro"], cwd=pipeline_repo, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
+    assert "Traceback" not in result.stderr
+    assert not (pipeline_repo / "data/tokenized").exists()
