@@ -29,7 +29,14 @@ def tiny_checkpoint(folder: Path, architecture: str) -> Path:
 
 EXPECTED_TARGETS = {
     "bert": {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"},
-    "deberta-v2": {"query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense"},
+    "deberta-v2": {
+        "query_proj",
+        "key_proj",
+        "value_proj",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    },
 }
 
 
