@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import MINILM, PROJECT, run, stage_script
@@ -8,6 +10,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, 
 from finsent.checkpoints import bundled_checkpoint, resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
+from finsent.features import normalize_text, tokenize_frame
 from finsent.modeling import load_base_model, load_classifier, predict_proba, save_classifier, with_lora
 
 LORA = LoraParams(r=4, alpha=8, dropout=0.0, target_modules="auto")
@@ -91,7 +94,7 @@ def test_predict_proba_keeps_input_order(tmp_path):
     together = predict_proba(model, tokenizer, texts, batch_size=2)
     one_by_one = [predict_proba(model, tokenizer, [text], batch_size=1)[0] for text in texts]
     assert together.shape == (3, len(LABELS))
-    torch.testing.assert_close(torch.from_numpy(together), torch.tensor(one_by_one), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(together, np.stack(one_by_one), atol=1e-5, rtol=0)
 
 
 def test_unknown_architecture_needs_explicit_targets(tmp_path):
@@ -125,3 +128,14 @@ def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
     assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "tokenized").exists()
+
+
+def test_links_are_normalised_alike_for_training_and_prediction(tmp_path):
+    assert normalize_text("$CCL cut https://t.co/yGjpT2ReD3 and http://x.io/a?b=1") == "$CCL cut url and url"
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    frame = pd.DataFrame({"text": ["Fed holds https://t.co/bd0xbFGjkT"], "label": [2]})
+    assert tokenize_frame(frame, tokenizer)["input_ids"][0] == tokenizer("Fed holds url")["input_ids"]
+    model = with_lora(load_base_model(checkpoint), LORA).eval()
+    linked, plain = predict_proba(model, tokenizer, ["Fed holds https://t.co/bd0xbFGjkT", "Fed holds url"], 2)
+    np.testing.assert_array_equal(linked, plain)
