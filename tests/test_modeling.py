@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import MINILM, PROJECT, run, stage_script
@@ -10,7 +9,6 @@ from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, 
 from finsent.checkpoints import bundled_checkpoint, resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
-from finsent.features import normalize_text, tokenize_frame
 from finsent.modeling import load_base_model, load_classifier, predict_proba, save_classifier, with_lora
 
 LORA = LoraParams(r=4, alpha=8, dropout=0.0, target_modules="auto")
@@ -128,14 +126,3 @@ def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
     assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "tokenized").exists()
-
-
-def test_links_are_normalised_alike_for_training_and_prediction(tmp_path):
-    assert normalize_text("$CCL cut https://t.co/yGjpT2ReD3 and http://x.io/a?b=1") == "$CCL cut url and url"
-    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    frame = pd.DataFrame({"text": ["Fed holds https://t.co/bd0xbFGjkT"], "label": [2]})
-    assert tokenize_frame(frame, tokenizer)["input_ids"][0] == tokenizer("Fed holds url")["input_ids"]
-    model = with_lora(load_base_model(checkpoint), LORA).eval()
-    linked, plain = predict_proba(model, tokenizer, ["Fed holds https://t.co/bd0xbFGjkT", "Fed holds url"], 2)
-    np.testing.assert_array_equal(linked, plain)

@@ -1,5 +1,6 @@
 """Expected failures: reported as one line on stderr with a non-zero exit, never as a traceback."""
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -9,7 +10,12 @@ class FinsentError(Exception):
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a command's main(); a FinsentError becomes `error: <message>` and exit status 1."""
+    """Run a command's main(); a FinsentError becomes `error: <message>` and exit status 1.
+
+    SIGTERM (as `kill` or a queue worker's stop sends it) exits through Python, so that `finally`
+    blocks still run and no staging folder is left behind.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         main()
     except FinsentError as error:

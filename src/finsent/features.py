@@ -1,6 +1,5 @@
-"""Model inputs: texts normalised, then turned into token ids by the checkpoint's fast tokenizer."""
+"""Model inputs: texts turned into token ids by the checkpoint's fast tokenizer, unpadded."""
 
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -9,21 +8,6 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 TOKENIZER_SUBDIR = "tokenizer"
-_URL = re.compile(r"https?://\S+")
-
-
-def normalize_text(text: str) -> str:
-    """Each link becomes the word `url`.
-
-    Nearly half the tweets end in a t.co link: random characters that the tokenizer splits into about
-    16 pieces, carrying no sentiment (27% of all tokens in train). That a link is there is kept.
-    """
-    return _URL.sub("url", text)
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], **kwargs):
-    """Normalise and tokenize, truncating at the tokenizer's `model_max_length`: training and prediction."""
-    return tokenizer([normalize_text(text) for text in texts], truncation=True, **kwargs)
 
 
 def load_fast_tokenizer(checkpoint_dir: Path, max_length: int) -> PreTrainedTokenizerBase:
@@ -35,7 +19,7 @@ def load_fast_tokenizer(checkpoint_dir: Path, max_length: int) -> PreTrainedToke
 
 def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Dataset:
     """Token ids and labels of a split; padding is left to each batch (dynamic padding)."""
-    encoded = encode(tokenizer, frame["text"].tolist())
+    encoded = tokenizer(frame["text"].tolist(), truncation=True)
     return Dataset.from_dict({**encoded, "label": frame["label"].tolist()})
 
 

@@ -17,7 +17,6 @@ from transformers.utils import logging as hf_logging
 
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
-from finsent.features import encode
 
 LORA_TARGETS = {
     "bert": ["query", "key", "value", "dense"],
@@ -134,7 +133,9 @@ def predict_proba(
     probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
-        batch = encode(tokenizer, [texts[i] for i in rows], padding=True, return_tensors="pt").to(device)
+        batch = tokenizer([texts[i] for i in rows], truncation=True, padding=True, return_tensors="pt").to(
+            device
+        )
         logits = model(**batch).logits.float()
         probabilities[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
     return probabilities
