@@ -11,7 +11,7 @@ from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, predict_proba, save_classifier, with_lora
 
-LORA = LoraParams(r=4, alpha=8, dropout=0.0, target_modules="auto")
+LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
@@ -57,11 +57,15 @@ def test_lora_targets_the_encoder_and_trains_the_head(tmp_path, architecture):
     assert model.get_base_model().config.id2label == dict(enumerate(LABELS))
 
 
-@pytest.mark.parametrize("architecture", ["bert", "deberta-v2"])
-def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture):
+@pytest.mark.parametrize(
+    ("architecture", "lora"),
+    [("bert", LORA), ("deberta-v2", LORA), ("bert", LORA.model_copy(update={"enabled": False}))],
+    ids=["bert-lora", "deberta-v2-lora", "bert-full-fine-tuning"],
+)
+def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture, lora):
     checkpoint = tiny_checkpoint(tmp_path / "checkpoint", architecture)
     torch.manual_seed(0)
-    model = with_lora(load_base_model(checkpoint), LORA)
+    model = with_lora(load_base_model(checkpoint), lora)
     with torch.no_grad():  # stand in for training: move every trainable weight away from its init
         for parameter in model.parameters():
             if parameter.requires_grad:
@@ -81,7 +85,8 @@ def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture):
             )
         ).logits
     torch.testing.assert_close(again, trained)
-    assert reloaded.get_base_model().config.id2label == dict(enumerate(LABELS))
+    assert reloaded.config.id2label == dict(enumerate(LABELS))
+    assert (tmp_path / "models" / "adapter_config.json").is_file() == lora.enabled
 
 
 def test_predict_proba_keeps_input_order(tmp_path):

@@ -40,6 +40,8 @@ class TokenizeParams(_Section):
 
 
 class LoraParams(_Section):
+    # false: full fine-tuning (every weight trained, the rest of this section unused), to show what LoRA costs
+    enabled: bool
     r: int = Field(gt=0)
     alpha: float = Field(gt=0)
     dropout: float = Field(ge=0, lt=1)
@@ -54,6 +56,9 @@ class TrainParams(_Section):
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     weight_decay: float = Field(ge=0)
+    # Loss: "balanced" weighs each class by the inverse of its share of train (Neutral is 65% of it).
+    class_weights: Literal["none", "balanced"]
+    label_smoothing: float = Field(ge=0, lt=1)
     seed: int
 
 

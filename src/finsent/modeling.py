@@ -84,7 +84,10 @@ def lora_config(model: PreTrainedModel, params: LoraParams) -> LoraConfig:
     )
 
 
-def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel:
+def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel | PreTrainedModel:
+    """The model wrapped with LoRA adapters; as it is (every weight trainable) when LoRA is off."""
+    if not params.enabled:
+        return model
     config = lora_config(model, params)
     try:
         return get_peft_model(model, config)
@@ -93,10 +96,20 @@ def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel:
 
 
 def save_classifier(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, checkpoint_dir: Path, out_dir: Path
+    model: PeftModel | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    checkpoint_dir: Path,
+    out_dir: Path,
 ) -> None:
-    """Write all that prediction needs, hub or no hub: base weights, adapter and head, tokenizer."""
+    """Write all that prediction needs, hub or no hub: base weights, adapter and head, tokenizer.
+
+    A fully fine-tuned model (LoRA off) is saved whole as the base, with no adapter.
+    """
     base_dir = out_dir / BASE_SUBDIR
+    tokenizer.save_pretrained(out_dir)
+    if not isinstance(model, PeftModel):
+        model.save_pretrained(base_dir)
+        return
     base_dir.mkdir(parents=True)
     model.get_base_model().config.save_pretrained(base_dir)  # holds the label map
     # The base weights are the checkpoint's, untouched by LoRA: copied, so that they hash the same in
@@ -105,16 +118,16 @@ def save_classifier(
         if (checkpoint_dir / name).is_file():
             shutil.copyfile(checkpoint_dir / name, base_dir / name)
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
 
 
-def load_classifier(model_dir: Path) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+def load_classifier(model_dir: Path) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase]:
     """Reload what `save_classifier` wrote, ready for inference."""
     model_dir = Path(model_dir)
-    if not (model_dir / "adapter_config.json").is_file():
-        raise FinsentError(f"{model_dir}: no trained model here (adapter_config.json is missing)")
-    base = _quiet_load(AutoModelForSequenceClassification.from_pretrained, model_dir / BASE_SUBDIR)
-    model = PeftModel.from_pretrained(base, model_dir)
+    if not (model_dir / BASE_SUBDIR / "config.json").is_file():
+        raise FinsentError(f"{model_dir}: no trained model here ({BASE_SUBDIR}/config.json is missing)")
+    model = _quiet_load(AutoModelForSequenceClassification.from_pretrained, model_dir / BASE_SUBDIR)
+    if (model_dir / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(model, model_dir)
     model.eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 

@@ -1,11 +1,14 @@
 """Fine-tuning with transformers' Trainer: LoRA, dynamic padding, length-grouped batches, best dev epoch."""
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import Dataset
 from dvclive import Live
+from sklearn.utils.class_weight import compute_class_weight
 from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -17,7 +20,7 @@ from transformers import (
 )
 
 from finsent.checkpoints import resolve_checkpoint
-from finsent.config import Params
+from finsent.config import LABELS, Params, TrainParams
 from finsent.features import TOKENIZER_SUBDIR, read_tokenized
 from finsent.metrics import headline_metrics
 from finsent.modeling import load_base_model, save_classifier, with_lora
@@ -51,6 +54,28 @@ class EpochLogger(TrainerCallback):
 def _dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
     logits = torch.from_numpy(np.asarray(prediction.predictions, dtype=np.float32))
     return headline_metrics(prediction.label_ids, torch.softmax(logits, dim=-1).numpy())
+
+
+def classification_loss(params: TrainParams, train_set: Dataset) -> Callable:
+    """Cross-entropy weighted and smoothed as `params` say: Trainer's compute_loss_func."""
+    weights = None
+    if params.class_weights == "balanced":
+        classes = np.arange(len(LABELS))
+        weights = torch.tensor(
+            compute_class_weight("balanced", classes=classes, y=np.asarray(train_set["label"])),
+            dtype=torch.float32,
+        )
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"].float()
+        return torch.nn.functional.cross_entropy(
+            logits,
+            labels,
+            weight=None if weights is None else weights.to(logits.device),
+            label_smoothing=params.label_smoothing,
+        )
+
+    return loss
 
 
 def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
@@ -105,6 +130,7 @@ def train_classifier(params: Params, tokenized_dir: Path, model_dir: Path, live:
             data_collator=DataCollatorWithPadding(
                 tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None
             ),
+            compute_loss_func=classification_loss(params.train, train_set),
             compute_metrics=_dev_metrics,
             callbacks=[EpochLogger(live)],
         )
@@ -121,7 +147,7 @@ def train_classifier(params: Params, tokenized_dir: Path, model_dir: Path, live:
             "loss": live.summary["train"]["loss"],
             "samples_per_second": result.metrics["train_samples_per_second"],
             "runtime_s": result.metrics["train_runtime"],
-            "trainable_parameters": model.get_nb_trainable_parameters()[0],
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         },
     }
     live.summary.update(summary)

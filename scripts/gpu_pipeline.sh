@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The full default pipeline on a GPU machine that has PyTorch but perhaps not the rest, and no network.
+#
+#   scripts/gpu_pipeline.sh [WHEEL_DIR]
+#
+# WHEEL_DIR holds wheels brought along for what the machine lacks; one whose package is installed
+# already is skipped, so the machine's own torch and CUDA stay as they are. Fetch them where pip
+# works, for the GPU machine's Python and platform, for example:
+#   pip download -d wheels --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -r requirements.txt
+# (a package with no wheel on PyPI, such as antlr4-python3-runtime, is built first with `pip wheel`).
+# Where the hub is out of reach, set FINSENT_DATA_MIRROR. Prints each stage's wall time, the training
+# samples/s and the validation metrics; outputs and dvc.lock are those of a plain `dvc repro`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+if [[ $# -ge 1 ]]; then
+  mapfile -t missing < <("$python" - "$1" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
+    try:
+        version(wheel.name.split("-")[0])
+    except PackageNotFoundError:
+        print(wheel)
+PY
+  )
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "installing ${#missing[@]} missing packages from $1"
+    "$python" -m pip install --quiet --no-index --no-deps --no-cache-dir "${missing[@]}"
+  fi
+fi
+
+# dvc.yaml runs `python`: where only python3 exists, name it so.
+if ! command -v python >/dev/null; then
+  shim=$(mktemp -d)
+  ln -s "$(command -v "$python")" "$shim/python"
+  PATH="$shim:$PATH"
+fi
+
+"$python" -c 'import torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA device)")'
+for stage in download tokenize train evaluate; do
+  start=$EPOCHREALTIME
+  "$python" -m dvc repro --single-item "$stage"
+  awk -v stage="$stage" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "stage %s: %.1f s\n", stage, e - s }'
+done
+"$python" - <<'PY'
+import json
+
+train = json.load(open("metrics/train/metrics.json"))
+validation = json.load(open("metrics/validation.json"))
+print(f"train: {train['train']['samples_per_second']:.1f} samples/s, {train['train']['runtime_s']:.1f} s in Trainer")
+print(f"dev: macro-F1 {train['dev']['macro_f1']:.4f}, accuracy {train['dev']['accuracy']:.4f}")
+print(f"validation: macro-F1 {validation['macro_f1']:.4f}, accuracy {validation['accuracy']:.4f}")
+PY

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from finsent.config import TrainParams
+from finsent.training import classification_loss
+
+# Train with 6 Neutral, 3 Bullish, 1 Bearish rows: "balanced" weights are 10 / (3 * count).
+TRAIN = Dataset.from_dict({"label": [2] * 6 + [1] * 3 + [0]})
+
+
+def train_params(**changes) -> TrainParams:
+    values = {
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.0,
+        "epochs": 1,
+        "batch_size": 8,
+        "weight_decay": 0.0,
+        "class_weights": "none",
+        "label_smoothing": 0.0,
+        "seed": 0,
+    }
+    return TrainParams(**(values | changes))
+
+
+def loss_of(params: TrainParams, logits: list[list[float]], labels: list[int]) -> float:
+    loss = classification_loss(params, TRAIN)
+    return loss({"logits": torch.tensor(logits)}, torch.tensor(labels)).item()
+
+
+def test_plain_loss_is_cross_entropy():
+    # Uniform logits: -log(1/3) whatever the label.
+    assert loss_of(train_params(), [[0.0, 0.0, 0.0]], [0]) == pytest.approx(math.log(3))
+
+
+def test_balanced_weights_favour_the_rare_class():
+    logits = [[0.0, 0.0, 5.0], [0.0, 0.0, 5.0]]  # wrong on a Bearish row, right on a Neutral one
+    labels = [0, 2]
+    plain = loss_of(train_params(), logits, labels)
+    balanced = loss_of(train_params(class_weights="balanced"), logits, labels)
+    # Weighted mean: the Bearish row (weight 10/3) outweighs the Neutral one (weight 10/18).
+    ce = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels), reduction="none")
+    expected = (ce[0] * 10 / 3 + ce[1] * 10 / 18) / (10 / 3 + 10 / 18)
+    assert balanced == pytest.approx(expected.item(), rel=1e-5)
+    assert balanced > plain
+
+
+def test_label_smoothing_penalises_certainty():
+    confident = [[0.0, 0.0, 30.0]]
+    assert loss_of(train_params(), confident, [2]) == pytest.approx(0.0, abs=1e-6)
+    assert loss_of(train_params(label_smoothing=0.1), confident, [2]) > 0.5
