@@ -5,10 +5,7 @@
 #
 # WHEEL_DIR holds wheels brought along for what the machine lacks; one whose package is installed
 # already is skipped, so the machine's own torch and CUDA stay as they are. Fetch them where pip
-# works, for the GPU machine's Python and platform, for example:
-#   pip download -d wheels --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -r requirements.txt
-# (a package with no wheel on PyPI, such as antlr4-python3-runtime, is built first with `pip wheel`).
+# works, for the GPU machine's Python and platform, as the README's "On a GPU" section shows.
 # Where the hub is out of reach, set FINSENT_DATA_MIRROR. Prints each stage's wall time, the training
 # samples/s and the validation metrics; outputs and dvc.lock are those of a plain `dvc repro`.
 set -euo pipefail

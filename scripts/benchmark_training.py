@@ -1,0 +1,105 @@
+"""Training throughput of the train stage's setup against a plain first attempt, side by side.
+
+    PYTHONPATH=src python scripts/benchmark_training.py [--steps 40] [--tokenized data/tokenized]
+
+Every variant runs the train stage's own Trainer arguments, model and LoRA (params.yaml) for the same
+number of steps on the same tokenized train split, in a fresh process of its own so that its peak memory
+is its own. The variants add one speed-up at a time:
+
+- baseline: every sequence padded to tokenize.max_length, batches in random order, fp32;
+- dynamic padding: each batch padded to its longest sequence;
+- + length grouping: batches of similar lengths (what the train stage does);
+- + bf16 autocast: only on a CPU with native bf16 (AVX-512 BF16 or AMX); skipped elsewhere.
+"""
+
+import argparse
+import dataclasses
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "baseline (padded to max_length, random order, fp32)": {"padding": "max_length", "grouped": False},
+    "dynamic padding": {"padding": "longest", "grouped": False},
+    "dynamic padding + length grouping (train stage)": {"padding": "longest", "grouped": True},
+    "+ bf16 autocast": {"padding": "longest", "grouped": True, "bf16": True},
+}
+
+
+def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: bool = False) -> dict:
+    """Train `steps` batches in this process; samples/s and the process's peak resident memory."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from finsent.checkpoints import resolve_checkpoint
+    from finsent.config import load_params
+    from finsent.features import TOKENIZER_SUBDIR, read_tokenized
+    from finsent.modeling import load_base_model, with_lora
+    from finsent.training import training_arguments
+
+    params = load_params()
+    model = with_lora(
+        load_base_model(resolve_checkpoint(params.model.checkpoint, params.model.revision)), params.lora
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = dataclasses.replace(
+            training_arguments(params, scratch),
+            max_steps=steps,
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            train_sampling_strategy="group_by_length" if grouped else "random",
+            bf16=bf16,
+            use_cpu=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=read_tokenized(tokenized_dir, "train"),
+            data_collator=DataCollatorWithPadding(
+                tokenizer, padding=padding, max_length=params.tokenize.max_length
+            ),
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {
+        "samples_per_second": steps * params.train.batch_size / seconds,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="training steps per variant")
+    parser.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
+    args = parser.parse_args()
+    # Native bf16 arithmetic (AVX-512 BF16 or AMX): elsewhere bf16 is emulated and slower than fp32. No
+    # public torch API answers this; the CPU's own flags do (Linux).
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    spawn = multiprocessing.get_context("spawn")
+    results = {}
+    for name, variant in VARIANTS.items():
+        if variant.get("bf16") and not native_bf16:
+            print(f"{name}: skipped, this CPU has no native bf16")
+            continue
+        with spawn.Pool(1) as pool:
+            results[name] = pool.apply(measure, (args.tokenized, args.steps), variant)
+        print(f"{name}: {results[name]['samples_per_second']:.1f} samples/s", flush=True)
+    baseline = next(iter(results.values()))["samples_per_second"]
+    print(f"\n{args.steps} steps each, {torch.get_num_threads()} threads\n")
+    print("| variant | samples/s | speed-up | peak memory |\n|---|---|---|---|")
+    for name, result in results.items():
+        speedup = result["samples_per_second"] / baseline
+        print(
+            f"| {name} | {result['samples_per_second']:.1f} | {speedup:.2f}x | {result['peak_mib']:.0f} MiB |"
+        )
+
+
+if __name__ == "__main__":
+    main()

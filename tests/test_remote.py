@@ -1,0 +1,40 @@
+"""Sharing across machines: outputs and experiments pushed to a DVC remote by one clone, pulled by another."""
+
+import pytest
+from conftest import run
+from ruamel.yaml import YAML
+from test_pipeline import STAGES, commit, repro
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_second_clone_pulls_the_outputs_and_reruns_nothing(pipeline_repo, tmp_path):
+    first = pipeline_repo
+    remote = tmp_path / "dvc-remote"  # a folder here; s3://... or gs://... in real use, same commands
+    origin = tmp_path / "origin.git"
+    assert repro(first) == set(STAGES)
+    run(["dvc", "remote", "add", "--default", "shared", str(remote)], cwd=first)
+    commit(first, "first run, remote configured")
+    run(["git", "clone", "-q", "--bare", str(first), str(origin)], cwd=tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], cwd=first)
+    run(["dvc", "push"], cwd=first)
+    # An experiment travels too: its git ref to the git remote, its outputs to the DVC remote.
+    run(["dvc", "exp", "run", "--name", "lower-lr", "-S", "train.learning_rate=1e-4"], cwd=first)
+    run(["dvc", "exp", "push", "origin", "lower-lr"], cwd=first)
+
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(origin), str(second)], cwd=tmp_path)
+    run(["git", "config", "user.name", "finsent tests"], cwd=second)
+    run(["git", "config", "user.email", "tests@finsent.invalid"], cwd=second)
+    run(["dvc", "pull"], cwd=second)
+    assert (second / "models" / "adapter_model.safetensors").read_bytes() == (
+        first / "models" / "adapter_model.safetensors"
+    ).read_bytes()
+    assert repro(second) == set()
+    assert "up to date" in run(["dvc", "status"], cwd=second).stdout
+
+    run(["dvc", "exp", "pull", "origin", "lower-lr"], cwd=second)
+    assert "lower-lr" in run(["dvc", "exp", "list", "--name-only"], cwd=second).stdout
+    run(["dvc", "exp", "apply", "lower-lr"], cwd=second)
+    assert YAML(typ="safe").load(second / "params.yaml")["train"]["learning_rate"] == 1e-4
+    assert repro(second) == set()  # the experiment's outputs came from the remote
