@@ -18,18 +18,19 @@ def test_a_second_clone_pulls_the_outputs_and_reruns_nothing(pipeline_repo, tmp_
     run(["git", "clone", "-q", "--bare", str(first), str(origin)], cwd=tmp_path)
     run(["git", "remote", "add", "origin", str(origin)], cwd=first)
     run(["dvc", "push"], cwd=first)
+    committed_adapter = (first / "models" / "adapter_model.safetensors").read_bytes()
     # An experiment travels too: its git ref to the git remote, its outputs to the DVC remote.
     run(["dvc", "exp", "run", "--name", "lower-lr", "-S", "train.learning_rate=1e-4"], cwd=first)
     run(["dvc", "exp", "push", "origin", "lower-lr"], cwd=first)
+    experiment_adapter = (first / "models" / "adapter_model.safetensors").read_bytes()
+    assert experiment_adapter != committed_adapter
 
     second = tmp_path / "second"
     run(["git", "clone", "-q", str(origin), str(second)], cwd=tmp_path)
     run(["git", "config", "user.name", "finsent tests"], cwd=second)
     run(["git", "config", "user.email", "tests@finsent.invalid"], cwd=second)
     run(["dvc", "pull"], cwd=second)
-    assert (second / "models" / "adapter_model.safetensors").read_bytes() == (
-        first / "models" / "adapter_model.safetensors"
-    ).read_bytes()
+    assert (second / "models" / "adapter_model.safetensors").read_bytes() == committed_adapter
     assert repro(second) == set()
     assert "up to date" in run(["dvc", "status"], cwd=second).stdout
 
@@ -37,4 +38,5 @@ def test_a_second_clone_pulls_the_outputs_and_reruns_nothing(pipeline_repo, tmp_
     assert "lower-lr" in run(["dvc", "exp", "list", "--name-only"], cwd=second).stdout
     run(["dvc", "exp", "apply", "lower-lr"], cwd=second)
     assert YAML(typ="safe").load(second / "params.yaml")["train"]["learning_rate"] == 1e-4
+    assert (second / "models" / "adapter_model.safetensors").read_bytes() == experiment_adapter
     assert repro(second) == set()  # the experiment's outputs came from the remote
