@@ -123,3 +123,30 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
     ):
         run(args, cwd=repo)
     return repo
+
+
+def git_dvc_repo(folder: Path) -> Path:
+    """An empty git + DVC repository on branch main."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for args in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.name", "finsent tests"],
+        ["git", "config", "user.email", "tests@finsent.invalid"],
+        ["dvc", "init", "-q"],
+    ):
+        run(args, cwd=folder)
+    return folder
+
+
+def commit_files(repo: Path, files: dict[str, str], message: str) -> None:
+    """Write each file (path relative to the repo: content) and commit everything."""
+    for name, content in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(content, encoding="utf-8")
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", message], cwd=repo)
+
+
+def package_env() -> dict[str, str]:
+    """Environment for a subprocess that imports finsent from this tree, wherever it runs."""
+    return {"PYTHONPATH": str(PROJECT / "src")}
