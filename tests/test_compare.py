@@ -6,30 +6,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import commit_files, git_dvc_repo, package_env, run
+from conftest import commit_files, git_dvc_repo, noisy_pair, package_env, predictions_frame, run
 from sklearn.metrics import accuracy_score, f1_score
 
 from finsent.compare import compare_predictions, comparison_markdown, read_predictions
 from finsent.config import LABELS
 from finsent.errors import FinsentError
-
-
-def predictions(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "id": [str(i) for i in range(len(actual))],
-            "actual": np.array(LABELS)[actual],
-            "predicted": np.array(LABELS)[predicted],
-        }
-    )
-
-
-def noisy_pair(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two systems on one split: right about 70% and 80% of the time, otherwise a random class."""
-    rng = np.random.default_rng(seed)
-    actual = rng.choice(3, size=rows, p=[0.15, 0.2, 0.65])
-    systems = [np.where(rng.random(rows) < right, actual, rng.integers(0, 3, rows)) for right in (0.7, 0.8)]
-    return predictions(actual, systems[0]), predictions(actual, systems[1])
 
 
 def scores(frame: pd.DataFrame, rows=slice(None)) -> dict[str, float]:
@@ -69,7 +51,7 @@ def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_rows():
     baseline = np.r_[np.zeros(6), np.ones(16), np.zeros(10), np.ones(3)].astype(int)
     candidate = np.r_[np.ones(6), np.zeros(16), np.zeros(10), np.ones(3)].astype(int)
     comparison = compare_predictions(
-        predictions(actual, baseline), predictions(actual, candidate), resamples=10
+        predictions_frame(actual, baseline), predictions_frame(actual, candidate), resamples=10
     )
     assert (comparison.baseline_only_correct, comparison.candidate_only_correct) == (6, 16)
     two_sided = 2 * sum(math.comb(22, k) for k in range(7)) / 2**22
