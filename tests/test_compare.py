@@ -119,7 +119,7 @@ def test_resamples_must_be_positive():
         compare_predictions(baseline, candidate, resamples=0)
 
 
-def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path):
+def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path, monkeypatch):
     baseline, candidate = noisy_pair(rows=200, seed=8)
     repo = git_dvc_repo(tmp_path / "repo")
     commit_files(repo, {"plots/predictions.csv": baseline.to_csv(index=False)}, "baseline")
@@ -134,13 +134,15 @@ def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path):
     assert shown["rows"] == 200
     assert [m["candidate"] for m in shown["metrics"]] == [m.candidate for m in expected.metrics]
     assert [m["ci_low"] for m in shown["metrics"]] == [m.ci_low for m in expected.metrics]
-    assert "| macro_f1 |" in compare("main:plots/predictions.csv", "plots/predictions.csv").stdout
+    result = compare("nope:plots/predictions.csv", "plots/predictions.csv", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: nope:plots/predictions.csv: revision 'nope' does not exist"
 
-    for args, message in [
-        (("nope:plots/predictions.csv",), "nope:plots/predictions.csv: revision 'nope' does not exist"),
-        (("main:plots/other.csv",), "main:plots/other.csv: no file 'plots/other.csv' at revision 'main'"),
-        (("missing.csv",), "missing.csv: file not found"),
+    monkeypatch.chdir(repo)
+    pd.testing.assert_frame_equal(read_predictions("HEAD:plots/predictions.csv"), baseline)
+    for source, message in [
+        ("main:plots/other.csv", "main:plots/other.csv: no file 'plots/other.csv' at revision 'main'"),
+        ("missing.csv", "missing.csv: file not found"),
     ]:
-        result = compare(*args, "plots/predictions.csv", check=False)
-        assert result.returncode == 1
-        assert result.stderr.strip() == f"error: {message}"
+        with pytest.raises(FinsentError, match=f"^{message}$"):
+            read_predictions(source)
