@@ -7,7 +7,7 @@
 #   lr-3e-4  -S train.learning_rate=3e-4
 # ('#' starts a comment). Experiments run in queue order; after MAX_SECONDS (0: no limit) the ones
 # still running are killed and those not started are dropped, so that a short lease of a machine
-# still yields every finished result. Prints `dvc exp show` as CSV, best dev macro-F1 first.
+# still yields every finished result. Prints scripts/exp_table.sh as CSV, best dev macro-F1 first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sweep=$1 jobs=${2:-1} max_seconds=${3:-0}
@@ -31,4 +31,4 @@ while status=$(dvc queue status 2>/dev/null) && grep -qE '\b(Queued|Running)\b' 
   sleep 5
 done
 dvc queue status >&2
-dvc exp show --csv --sort-by metrics/train/metrics.json:dev.macro_f1 --sort-order desc
+scripts/exp_table.sh --csv

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from ruamel.yaml import YAML
 
 from finsent.checkpoints import bundled_checkpoint
+from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, SOURCE_FILES, fingerprint, read_source_csv
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -123,3 +125,49 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
     ):
         run(args, cwd=repo)
     return repo
+
+
+def git_dvc_repo(folder: Path) -> Path:
+    """An empty git + DVC repository on branch main."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for args in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.name", "finsent tests"],
+        ["git", "config", "user.email", "tests@finsent.invalid"],
+        ["dvc", "init", "-q"],
+    ):
+        run(args, cwd=folder)
+    return folder
+
+
+def commit_files(repo: Path, files: dict[str, str], message: str) -> None:
+    """Write each file (path relative to the repo: content) and commit everything."""
+    for name, content in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(content, encoding="utf-8")
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", message], cwd=repo)
+
+
+def package_env() -> dict[str, str]:
+    """Environment for a subprocess that imports finsent from this tree, wherever it runs."""
+    return {"PYTHONPATH": str(PROJECT / "src")}
+
+
+def predictions_frame(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """A predictions table (as plots/predictions.csv, without probabilities) from class ids."""
+    return pd.DataFrame(
+        {
+            "id": [str(i) for i in range(len(actual))],
+            "actual": np.array(LABELS)[actual],
+            "predicted": np.array(LABELS)[predicted],
+        }
+    )
+
+
+def noisy_pair(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two systems on one split: right about 70% and 80% of the time, otherwise a random class."""
+    rng = np.random.default_rng(seed)
+    actual = rng.choice(3, size=rows, p=[0.15, 0.2, 0.65])
+    systems = [np.where(rng.random(rows) < right, actual, rng.integers(0, 3, rows)) for right in (0.7, 0.8)]
+    return predictions_frame(actual, systems[0]), predictions_frame(actual, systems[1])

@@ -1,0 +1,154 @@
+"""The pull-request report: one Markdown file saying what a change does against a base revision.
+
+Params and metrics as `dvc params diff` and `dvc metrics diff` give them, whether the change of the
+validation predictions is real (`finsent.compare`), and every plot of `dvc.yaml` for both revisions,
+rendered to PNG by vl-convert (Vega-Lite compiled in-process: no browser).
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from finsent.atomic import atomic_dir
+from finsent.compare import compare_predictions, comparison_markdown, read_predictions
+from finsent.errors import FinsentError, run_cli
+
+REPORT_FILE = "report.md"
+
+
+def write_pr_report(
+    out_dir: Path,
+    base: str = "main",
+    predictions: str = "plots/predictions.csv",
+    resamples: int = 10_000,
+    seed: int = 0,
+    image_url: str = "",
+) -> Path:
+    """Write `out_dir`/report.md and its PNG plots (linked as `image_url` + file name); return the report."""
+    _check_base(base)
+    comparison = compare_predictions(
+        read_predictions(f"{base}:{predictions}"),
+        read_predictions(predictions),
+        names=(base, "workspace"),
+        resamples=resamples,
+        seed=seed,
+    )
+    params = _table_or(_dvc("params", "diff", base, "--md"), "No param changed.")
+    metrics = _table_or(_dvc("metrics", "diff", base, "--md"), "No metric changed.")
+    plots = _plot_specs(base)
+    with atomic_dir(out_dir) as staging:
+        sections = [
+            f"# Model report: workspace against `{base}`\n",
+            f"## Params\n\n{params}",
+            f"## Metrics\n\n{metrics}",
+            f"## Is the change real? Validation predictions, `{predictions}`\n\n"
+            + comparison_markdown(comparison),
+            "## Plots (both revisions)\n",
+        ]
+        for title, spec in plots.items():
+            image = _slug(title) + ".png"
+            (staging / image).write_bytes(_render_png(spec, title))
+            sections.append(f"### {title}\n\n![{title}]({image_url}{image})\n")
+        (staging / REPORT_FILE).write_text("\n".join(sections), encoding="utf-8")
+    return out_dir / REPORT_FILE
+
+
+def _check_base(base: str) -> None:
+    """Fail unless `base` is a revision whose every metrics file (those of the workspace) can be read."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.scm import RevError, resolve_rev
+
+    try:
+        with Repo() as repo:
+            resolve_rev(repo.scm, base)
+            shown = repo.metrics.show(revs=[base])
+    except RevError:
+        raise FinsentError(f"revision '{base}' does not exist") from None
+    except DvcException as error:
+        raise FinsentError(str(error)) from None
+    if "error" in shown.get(base, {}):
+        raise FinsentError(f"revision '{base}': metrics unreadable ({shown[base]['error']})")
+    at_base = shown.get(base, {}).get("data", {})
+    for path in shown["workspace"].get("data", {}):
+        if path not in at_base:
+            raise FinsentError(f"{path}: not a metrics file of revision '{base}' (see its dvc.yaml)")
+        error = at_base[path].get("error")
+        if isinstance(error, FileNotFoundError):
+            raise FinsentError(f"{path}: missing at revision '{base}'")
+        if error:
+            raise FinsentError(f"{path}: unreadable at revision '{base}' ({error})")
+
+
+def _dvc(*args: str) -> str:
+    """stdout of a DVC command; its error as a FinsentError if it fails."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise FinsentError(f"dvc {' '.join(args)}: {lines[-1] if lines else f'exit {result.returncode}'}")
+    return result.stdout
+
+
+def _table_or(markdown: str, nothing: str) -> str:
+    """A Markdown table from DVC, or `nothing` where it has no row below its header."""
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    return markdown.strip() + "\n" if len(rows) > 2 else nothing + "\n"
+
+
+def _plot_specs(base: str) -> dict[str, dict]:
+    """Each plot of dvc.yaml as a Vega-Lite spec holding the data of `base` and of the workspace."""
+    # `--json` gives every plot filled in one call (`--show-vega` takes one target a call, dvc#7445).
+    output = json.loads(_dvc("plots", "diff", base, "--json"))
+    for error in output.get("errors", []):
+        where = ", ".join(str(error[key]) for key in ("name", "rev", "source") if key in error)
+        raise FinsentError(f"plot {where}: {error.get('msg') or error.get('type', 'unreadable')}")
+    specs = {}
+    for title, renderers in output.get("data", {}).items():
+        for renderer in renderers:
+            if renderer["type"] == "vega":
+                specs[title] = renderer["content"]
+    if not specs:
+        raise FinsentError("dvc.yaml: no plots to render")
+    return specs
+
+
+def _render_png(spec: dict, title: str) -> bytes:
+    import vl_convert
+
+    try:
+        return vl_convert.vegalite_to_png(spec, scale=2)
+    except ValueError as error:
+        raise FinsentError(f"plot {title}: Vega-Lite could not render it ({error})") from None
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def main() -> None:
+    """The `finsent-pr-report` command."""
+    run_cli(_report_command)
+
+
+def _report_command() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("out_dir", type=Path, help="folder to write report.md and the PNG plots into")
+    parser.add_argument("--base", default="main", help="revision to compare the workspace with (main)")
+    parser.add_argument("--predictions", default="plots/predictions.csv", help="predictions CSV in both")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (0)")
+    parser.add_argument(
+        "--image-url", default="", help="prefix of the images' links in report.md (default: beside it)"
+    )
+    args = parser.parse_args()
+    report = write_pr_report(
+        args.out_dir, args.base, args.predictions, args.resamples, args.seed, args.image_url
+    )
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
