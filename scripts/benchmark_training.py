@@ -3,8 +3,8 @@
     PYTHONPATH=src python scripts/benchmark_training.py [--steps 40] [--tokenized data/tokenized]
 
 Every variant runs the train stage's own Trainer arguments, model and LoRA (params.yaml) for the same
-number of steps on the same tokenized train split, in a fresh process of its own so that its peak memory
-is its own. The variants add one speed-up at a time:
+number of steps on the same tokenized train split (the clock starts after a few warm-up steps), in a
+fresh process of its own so that its peak memory is its own. The variants add one speed-up at a time:
 
 - baseline: every sequence padded to tokenize.max_length, batches in random order, fp32;
 - dynamic padding: each batch padded to its longest sequence;
@@ -28,9 +28,13 @@ VARIANTS = {
 }
 
 
+WARM_UP_STEPS = 3
+"""Steps left out of the timing: the first ones also pay for allocations and one-time set-up."""
+
+
 def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: bool = False) -> dict:
     """Train `steps` batches in this process; samples/s and the process's peak resident memory."""
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback
 
     from finsent.checkpoints import resolve_checkpoint
     from finsent.config import load_params
@@ -38,6 +42,12 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
     from finsent.modeling import load_base_model, with_lora
     from finsent.training import training_arguments
 
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (WARM_UP_STEPS, steps):
+                times[state.global_step] = time.perf_counter()
+
+    times: dict[int, float] = {}
     params = load_params()
     model = with_lora(
         load_base_model(resolve_checkpoint(params.model.checkpoint, params.model.revision)), params.lora
@@ -61,12 +71,12 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
             data_collator=DataCollatorWithPadding(
                 tokenizer, padding=padding, max_length=params.tokenize.max_length
             ),
+            callbacks=[StepClock()],
         )
-        start = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - start
+    timed_samples = (steps - WARM_UP_STEPS) * params.train.batch_size
     return {
-        "samples_per_second": steps * params.train.batch_size / seconds,
+        "samples_per_second": timed_samples / (times[steps] - times[WARM_UP_STEPS]),
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -75,7 +85,7 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="training steps per variant")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per variant, 3 of them warm-up")
     parser.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
     args = parser.parse_args()
     # Native bf16 arithmetic (AVX-512 BF16 or AMX): elsewhere bf16 is emulated and slower than fp32. No
