@@ -123,3 +123,60 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
     ):
         run(args, cwd=repo)
     return repo
+
+
+def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
+    """A LoRA classifier on `checkpoint`, saved as the train stage saves one; no training: its trainable
+    weights are moved off their initial values at random, so that adapter and head matter."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from finsent.config import LoraParams
+    from finsent.modeling import load_base_model, save_classifier, with_lora
+
+    torch.manual_seed(0)
+    model = with_lora(
+        load_base_model(checkpoint),
+        LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto"),
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    save_classifier(model.eval(), AutoTokenizer.from_pretrained(checkpoint), checkpoint, out_dir)
+    return out_dir
+
+
+def finsent_command(module: str) -> list[str]:
+    """A command of the package (as its console script runs it), importing this checkout's source."""
+    return [sys.executable, "-m", f"finsent.{module}"]
+
+
+SOURCE_ENV = {"PYTHONPATH": str(PROJECT / "src")}
+"""Subprocesses import the package from this checkout, wherever it was installed from."""
+
+
+@pytest.fixture(scope="session")
+def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
+    """A project folder after train (a tiny model) and the real export stage, with small serve limits."""
+    from finsent.data import to_jsonl
+
+    project = tmp_path_factory.mktemp("exported-project")
+    shutil.copy(PROJECT / "params.yaml", project / "params.yaml")
+    edit_params(project, serve__max_texts=4, serve__max_text_chars=50)
+    (project / "data" / "raw").mkdir(parents=True)
+    validation = read_source_csv(small_mirror / SOURCE_FILES["validation"])
+    (project / "data" / "raw" / "validation.jsonl").write_bytes(to_jsonl(validation))
+    tiny_trained_model(tiny_bert_dir, project / "models")
+    run(
+        [
+            *stage_script("export.py"),
+            "models",
+            "data/raw/validation.jsonl",
+            "exported",
+            "metrics/export.json",
+        ],
+        cwd=project,
+        env=SOURCE_ENV,
+    )
+    return project

@@ -143,3 +143,7 @@ def main() -> None:
 
 def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

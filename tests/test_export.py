@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import SOURCE_ENV, run, stage_script
+
+from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
+from finsent.data import read_jsonl
+from finsent.metrics import headline_metrics
+
+
+def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_project):
+    exported = exported_project / "exported"
+    assert {"model.onnx", "model_int8.onnx", "tokenizer.json", "tokenizer_config.json"} <= {
+        path.name for path in exported.iterdir()
+    }
+    for file_name in ONNX_FILES.values():
+        onnx.checker.check_model(exported / file_name)
+    metrics = json.loads((exported_project / "metrics/export.json").read_text())
+    validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
+    texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
+    pytorch = TorchPredictor(exported_project / "models", batch_size=64).predict_proba(texts)
+    assert metrics["pytorch"] == pytest.approx(headline_metrics(labels, pytorch))
+
+    fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]
+    assert fp32["agreement_with_pytorch"] == 1.0
+    assert fp32["max_abs_probability_difference"] < 1e-4
+    assert fp32["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
+    assert int8["agreement_with_pytorch"] >= 0.99  # the params' threshold, met by the tiny model too
+    assert int8["file_mb"] < fp32["file_mb"]
+    for backend in ONNX_FILES:
+        onnx_probabilities = OnnxPredictor(exported / ONNX_FILES[backend], batch_size=7).predict_proba(texts)
+        assert metrics[backend]["macro_f1"] == pytest.approx(
+            headline_metrics(labels, onnx_probabilities)["macro_f1"]
+        )
+        np.testing.assert_allclose(onnx_probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_project, tmp_path):
+    (tmp_path / "params.yaml").write_text((exported_project / "params.yaml").read_text())
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "model.onnx").write_text("the previous export")
+    result = run(
+        [
+            *stage_script("export.py"),
+            "models",
+            str(exported_project / "data/raw/validation.jsonl"),
+            "exported",
+            "m.json",
+        ],
+        cwd=tmp_path,
+        env=SOURCE_ENV,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "error: models: no trained model here (base/config.json is missing)\n"
+    assert (tmp_path / "exported" / "model.onnx").read_text() == "the previous export"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exported", "params.yaml"]
