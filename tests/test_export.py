@@ -1,9 +1,10 @@
 import json
+import shutil
 
 import numpy as np
 import onnx
 import pytest
-from conftest import SOURCE_ENV, run, stage_script
+from conftest import SOURCE_ENV, edit_params, run, stage_script
 
 from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.data import read_jsonl
@@ -25,16 +26,41 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
 
     fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]
     assert fp32["agreement_with_pytorch"] == 1.0
-    assert fp32["max_abs_probability_difference"] < 1e-4
+    assert fp32["max_abs_probability_difference"] < 1e-3
     assert fp32["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
-    assert int8["agreement_with_pytorch"] >= 0.99  # the params' threshold, met by the tiny model too
+    assert 0 < int8["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly (see the next test)
     assert int8["file_mb"] < fp32["file_mb"]
-    for backend in ONNX_FILES:
-        onnx_probabilities = OnnxPredictor(exported / ONNX_FILES[backend], batch_size=7).predict_proba(texts)
+    for backend, file_name in ONNX_FILES.items():
+        # With the stage's batch size: int8 activations are quantized with one range per batch.
+        onnx_probabilities = OnnxPredictor(exported / file_name, batch_size=64).predict_proba(texts)
         assert metrics[backend]["macro_f1"] == pytest.approx(
             headline_metrics(labels, onnx_probabilities)["macro_f1"]
         )
         np.testing.assert_allclose(onnx_probabilities.sum(axis=1), 1.0, atol=1e-5)
+    fp32_batch_of_7 = OnnxPredictor(exported / ONNX_FILES["onnx_fp32"], batch_size=7).predict_proba(texts)
+    np.testing.assert_allclose(fp32_batch_of_7, pytorch, atol=1e-3)
+
+
+def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_project, tmp_path):
+    shutil.copy(exported_project / "params.yaml", tmp_path / "params.yaml")
+    for name in ("models", "data"):
+        (tmp_path / name).symlink_to(exported_project / name)
+    edit_params(tmp_path, export__min_agreement__onnx_int8=1.0)
+    result = run(
+        [*stage_script("export.py"), "models", "data/raw/validation.jsonl", "exported", "export.json"],
+        cwd=tmp_path,
+        env=SOURCE_ENV,
+        check=False,
+    )
+    agreement = json.loads((exported_project / "metrics/export.json").read_text())["onnx_int8"][
+        "agreement_with_pytorch"
+    ]
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        f"error: export.min_agreement.onnx_int8: the onnx_int8 model gives PyTorch's label on "
+        f"{agreement:.2%} of the texts, under the 100.00% asked\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "models", "params.yaml"]
 
 
 def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_project, tmp_path):
