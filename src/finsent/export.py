@@ -67,8 +67,9 @@ def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
 
     The feed-forward output layers stay fp32: their input, after GELU, has outliers that one activation
     scale per tensor cannot hold. Weights use 7 bits (reduce_range): x86 CPUs without VNNI saturate in
-    the u8 x s8 products otherwise. On the real model's validation split each of the two raised the
-    agreement with PyTorch (per channel alone: 98.4%, all three: 98.7%).
+    the u8 x s8 products otherwise. Agreement with PyTorch on the real model's validation split, in
+    batches of 64: per channel and 7 bits 98.4%, per channel with fp32 feed-forward outputs 98.5%, all
+    three 98.7%.
     """
     graph = onnx.load(fp32_file).graph
     feed_forward_outputs = [
