@@ -1,6 +1,7 @@
 """The `finsent-serve` command: the classifier behind an HTTP API (FastAPI on uvicorn), loaded once."""
 
 import argparse
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,6 +34,10 @@ def create_app(predictor: Predictor, backend: Backend, version: str | None, para
     )
     app.state.ready = False
     PredictRequest = predict_request(params.max_texts, params.max_text_chars)
+    # One model run at a time: the runtimes already use every core for one run, and concurrent runs
+    # fight over them. Requests are not batched together either: an int8 model's result for a text
+    # would then depend on the texts of other requests (activations are quantized per batch).
+    model_lock = threading.Lock()
 
     @app.get("/healthz", summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -51,7 +56,8 @@ def create_app(predictor: Predictor, backend: Backend, version: str | None, para
 
     @app.post("/v1/predict", summary="Classify texts")
     def predict(body: PredictRequest) -> PredictResponse:  # a plain def: FastAPI runs it in a worker thread
-        probabilities = predictor.predict_proba(body.texts)
+        with model_lock:
+            probabilities = predictor.predict_proba(body.texts)
         predictions = [
             Prediction(label=LABELS[row.argmax()], probabilities=dict(zip(LABELS, row.tolist(), strict=True)))
             for row in probabilities
