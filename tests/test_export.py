@@ -7,6 +7,7 @@ import pytest
 from conftest import SOURCE_ENV, edit_params, run, stage_script
 
 from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
+from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.metrics import headline_metrics
 
@@ -19,6 +20,7 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
     for file_name in ONNX_FILES.values():
         onnx.checker.check_model(exported / file_name)
     metrics = json.loads((exported_project / "metrics/export.json").read_text())
+    batch_size = load_params(exported_project / "params.yaml").export.batch_size
     validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     pytorch = TorchPredictor(exported_project / "models", batch_size=64).predict_proba(texts)
@@ -32,7 +34,7 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
     assert int8["file_mb"] < fp32["file_mb"]
     for backend, file_name in ONNX_FILES.items():
         # With the stage's batch size: int8 activations are quantized with one range per batch.
-        onnx_probabilities = OnnxPredictor(exported / file_name, batch_size=64).predict_proba(texts)
+        onnx_probabilities = OnnxPredictor(exported / file_name, batch_size).predict_proba(texts)
         assert metrics[backend]["macro_f1"] == pytest.approx(
             headline_metrics(labels, onnx_probabilities)["macro_f1"]
         )
