@@ -24,6 +24,7 @@ pipeline: install
 lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/hadolint docker/*.Dockerfile
 
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest

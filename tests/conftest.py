@@ -114,6 +114,7 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
         model__checkpoint=str(tiny_bert_dir),
         train__epochs=2,
         train__batch_size=16,
+        export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
     monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
     for args in (
@@ -149,11 +150,6 @@ def commit_files(repo: Path, files: dict[str, str], message: str) -> None:
     run(["git", "commit", "-qm", message], cwd=repo)
 
 
-def package_env() -> dict[str, str]:
-    """Environment for a subprocess that imports finsent from this tree, wherever it runs."""
-    return {"PYTHONPATH": str(PROJECT / "src")}
-
-
 def predictions_frame(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
     """A predictions table (as plots/predictions.csv, without probabilities) from class ids."""
     return pd.DataFrame(
@@ -171,3 +167,61 @@ def noisy_pair(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     actual = rng.choice(3, size=rows, p=[0.15, 0.2, 0.65])
     systems = [np.where(rng.random(rows) < right, actual, rng.integers(0, 3, rows)) for right in (0.7, 0.8)]
     return predictions_frame(actual, systems[0]), predictions_frame(actual, systems[1])
+
+
+def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
+    """A LoRA classifier on `checkpoint`, saved as the train stage saves one; no training: its trainable
+    weights are moved off their initial values at random, so that adapter and head matter."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from finsent.config import LoraParams
+    from finsent.modeling import load_base_model, save_classifier, with_lora
+
+    torch.manual_seed(0)
+    model = with_lora(
+        load_base_model(checkpoint),
+        LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto"),
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.5)
+    save_classifier(model.eval(), AutoTokenizer.from_pretrained(checkpoint), checkpoint, out_dir)
+    return out_dir
+
+
+def finsent_command(module: str) -> list[str]:
+    """A command of the package (as its console script runs it), importing this checkout's source."""
+    return [sys.executable, "-m", f"finsent.{module}"]
+
+
+SOURCE_ENV = {"PYTHONPATH": str(PROJECT / "src")}
+"""Subprocesses import the package from this checkout, wherever it was installed from."""
+
+
+@pytest.fixture(scope="session")
+def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
+    """A project folder after train (a tiny model) and the real export stage, with small serve limits."""
+    from finsent.data import to_jsonl
+
+    project = tmp_path_factory.mktemp("exported-project")
+    shutil.copy(PROJECT / "params.yaml", project / "params.yaml")
+    # A random tiny model's int8 copy is far off (its weights are no trained model's): no int8 threshold.
+    edit_params(project, export__min_agreement__onnx_int8=0.01, serve__max_texts=4, serve__max_text_chars=50)
+    (project / "data" / "raw").mkdir(parents=True)
+    validation = read_source_csv(small_mirror / SOURCE_FILES["validation"])
+    (project / "data" / "raw" / "validation.jsonl").write_bytes(to_jsonl(validation))
+    tiny_trained_model(tiny_bert_dir, project / "models")
+    run(
+        [
+            *stage_script("export.py"),
+            "models",
+            "data/raw/validation.jsonl",
+            "exported",
+            "metrics/export.json",
+        ],
+        cwd=project,
+        env=SOURCE_ENV,
+    )
+    return project

@@ -13,7 +13,7 @@ from finsent.metrics import headline_metrics
 from finsent.modeling import load_classifier, predict_proba
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "tokenize", "train", "evaluate")
+STAGES = ("download", "tokenize", "train", "evaluate", "export")
 
 
 def repro(repo, *args) -> set[str]:
@@ -67,7 +67,7 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
     np.testing.assert_allclose(metrics(repo)["validation"]["macro_f1"], first["validation"]["macro_f1"])
 
     edit_params(repo, lora__r=2)
-    assert repro(repo) == {"train", "evaluate"}
+    assert repro(repo) == {"train", "evaluate", "export"}
     params_diff = run(["dvc", "params", "diff", "--md"], cwd=repo).stdout
     assert "lora.r" in params_diff
     assert "evaluate.batch_size" in params_diff

@@ -4,7 +4,7 @@ import json
 import tomllib
 
 import pytest
-from conftest import PROJECT, commit_files, git_dvc_repo, noisy_pair, package_env, run
+from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
 from PIL import Image
 from ruamel.yaml import YAML
 
@@ -58,7 +58,7 @@ def pull_request(tmp_path, predictions):
 
 
 def report(repo, *args, check=True):
-    return run(["python", "-m", "finsent.report", "report", *args], cwd=repo, env=package_env(), check=check)
+    return run(["python", "-m", "finsent.report", "report", *args], cwd=repo, env=SOURCE_ENV, check=check)
 
 
 def test_report_has_the_diffs_the_significance_and_both_revisions_plots(pull_request, predictions):

@@ -66,6 +66,26 @@ class EvaluateParams(_Section):
     batch_size: int = Field(gt=0)
 
 
+class MinAgreement(_Section):
+    onnx_fp32: float = Field(gt=0, le=1)
+    onnx_int8: float = Field(gt=0, le=1)
+
+
+class ExportParams(_Section):
+    batch_size: int = Field(gt=0)
+    # Export fails, writing nothing, when an ONNX model's labels agree less often than this with PyTorch's.
+    min_agreement: MinAgreement
+
+
+class ServeParams(_Section):
+    backend: Literal["onnx_int8", "onnx_fp32", "pytorch"]
+    batch_size: int = Field(gt=0)
+    host: str
+    port: int = Field(ge=0, lt=65536)
+    max_texts: int = Field(gt=0)
+    max_text_chars: int = Field(gt=0)
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -73,6 +93,8 @@ class Params(_Section):
     lora: LoraParams
     train: TrainParams
     evaluate: EvaluateParams
+    export: ExportParams
+    serve: ServeParams
 
 
 def load_params(path: Path = Path("params.yaml")) -> Params:
