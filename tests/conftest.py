@@ -117,27 +117,29 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
         export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
     monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
-    for args in (
-        ["git", "init", "-q"],
-        ["git", "config", "user.name", "finsent tests"],  # dvc exp run commits too
-        ["git", "config", "user.email", "tests@finsent.invalid"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "copy of the project"],
-    ):
-        run(args, cwd=repo)
+    init_git(repo)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", "copy of the project"], cwd=repo)
     return repo
+
+
+def set_git_identity(repo: Path) -> None:
+    """A committer for the repository's own config: git commits, and so does `dvc exp run`."""
+    run(["git", "config", "user.name", "finsent tests"], cwd=repo)
+    run(["git", "config", "user.email", "tests@finsent.invalid"], cwd=repo)
+
+
+def init_git(folder: Path) -> None:
+    """An empty git repository on branch main, with a committer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run(["git", "init", "-q", "-b", "main"], cwd=folder)
+    set_git_identity(folder)
 
 
 def git_dvc_repo(folder: Path) -> Path:
     """An empty git + DVC repository on branch main."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for args in (
-        ["git", "init", "-q", "-b", "main"],
-        ["git", "config", "user.name", "finsent tests"],
-        ["git", "config", "user.email", "tests@finsent.invalid"],
-        ["dvc", "init", "-q"],
-    ):
-        run(args, cwd=folder)
+    init_git(folder)
+    run(["dvc", "init", "-q"], cwd=folder)
     return folder
 
 

@@ -1,7 +1,7 @@
 """Sharing across machines: outputs and experiments pushed to a DVC remote by one clone, pulled by another."""
 
 import pytest
-from conftest import run
+from conftest import run, set_git_identity
 from ruamel.yaml import YAML
 from test_pipeline import STAGES, commit, repro
 
@@ -27,8 +27,7 @@ def test_a_second_clone_pulls_the_outputs_and_reruns_nothing(pipeline_repo, tmp_
 
     second = tmp_path / "second"
     run(["git", "clone", "-q", str(origin), str(second)], cwd=tmp_path)
-    run(["git", "config", "user.name", "finsent tests"], cwd=second)
-    run(["git", "config", "user.email", "tests@finsent.invalid"], cwd=second)
+    set_git_identity(second)
     run(["dvc", "pull"], cwd=second)
     assert (second / "models" / "adapter_model.safetensors").read_bytes() == committed_adapter
     assert repro(second) == set()
