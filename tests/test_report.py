@@ -108,7 +108,7 @@ def test_metrics_missing_on_main_are_named(pull_request):
 def test_workflow_runs_the_checks_and_posts_the_report_of_this_package():
     workflow = YAML(typ="safe").load((PROJECT / ".github/workflows/pr-report.yml").read_text())
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["finsent-pr-report"] == "finsent.report:main"
+    assert scripts["finsent-pr-report"] == "finsent.report:cli"
     assert "pull_request" in workflow["on"]
     steps = workflow["jobs"]["report"]["steps"]
     commands = "\n".join(step.get("run", "") for step in steps)

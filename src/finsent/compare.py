@@ -203,11 +203,6 @@ def comparison_markdown(comparison: Comparison) -> str:
 
 
 def main() -> None:
-    """The `finsent-compare` command."""
-    run_cli(_compare_command)
-
-
-def _compare_command() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("baseline", help="predictions CSV, or REV:PATH, e.g. main:plots/predictions.csv")
     parser.add_argument("candidate", help="predictions CSV, or REV:PATH")
@@ -225,5 +220,10 @@ def _compare_command() -> None:
     print(json.dumps(asdict(comparison), indent=2) if args.json else comparison_markdown(comparison).rstrip())
 
 
+def cli() -> None:
+    """The `finsent-compare` command: main() with expected errors as one line."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

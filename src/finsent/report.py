@@ -129,11 +129,6 @@ def _slug(title: str) -> str:
 
 
 def main() -> None:
-    """The `finsent-pr-report` command."""
-    run_cli(_report_command)
-
-
-def _report_command() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="folder to write report.md and the PNG plots into")
     parser.add_argument("--base", default="main", help="revision to compare the workspace with (main)")
@@ -150,5 +145,10 @@ def _report_command() -> None:
     print(report)
 
 
+def cli() -> None:
+    """The `finsent-pr-report` command: main() with expected errors as one line."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
