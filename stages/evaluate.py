@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 from finsent.atomic import atomic_dir, atomic_file
+from finsent.backends import TorchPredictor
 from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.errors import run_cli
 from finsent.metrics import classification_metrics, precision_recall_curves, predictions_table
-from finsent.modeling import load_classifier, predict_proba
 
 
 def main() -> None:
@@ -20,10 +20,10 @@ def main() -> None:
     parser.add_argument("plots_dir", type=Path, help="folder for predictions and plot data")
     args = parser.parse_args()
     params = load_params()
-    model, tokenizer = load_classifier(args.model_dir)
+    predictor = TorchPredictor.from_dir(args.model_dir, params.evaluate.batch_size)
     split = read_jsonl(args.split_file)
     labels = split["label"].to_numpy()
-    probabilities = predict_proba(model, tokenizer, split["text"].tolist(), params.evaluate.batch_size)
+    probabilities = predictor.predict_proba(split["text"].tolist())
     metrics = classification_metrics(labels, probabilities)
     with atomic_dir(args.plots_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
         predictions_table(split["id"], labels, probabilities).to_csv(staging / "predictions.csv", index=False)

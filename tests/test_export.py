@@ -23,7 +23,7 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
     batch_size = load_params(exported_project / "params.yaml").export.batch_size
     validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
-    pytorch = TorchPredictor(exported_project / "models", batch_size=64).predict_proba(texts)
+    pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size=64).predict_proba(texts)
     assert metrics["pytorch"] == pytest.approx(headline_metrics(labels, pytorch))
 
     fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]

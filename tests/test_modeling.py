@@ -6,10 +6,11 @@ import torch
 from conftest import MINILM, PROJECT, run, stage_script
 from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
 
+from finsent.backends import TorchPredictor
 from finsent.checkpoints import bundled_checkpoint, resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
-from finsent.modeling import load_base_model, load_classifier, predict_proba, save_classifier, with_lora
+from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -94,8 +95,8 @@ def test_predict_proba_keeps_input_order(tmp_path):
     model = with_lora(load_base_model(checkpoint), LORA).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = ["a much longer tweet about $TSLA deliveries missing estimates", "up", "$SPY flat on the day"]
-    together = predict_proba(model, tokenizer, texts, batch_size=2)
-    one_by_one = [predict_proba(model, tokenizer, [text], batch_size=1)[0] for text in texts]
+    together = TorchPredictor(model, tokenizer, batch_size=2).predict_proba(texts)
+    one_by_one = [TorchPredictor(model, tokenizer, batch_size=1).predict_proba([text])[0] for text in texts]
     assert together.shape == (3, len(LABELS))
     np.testing.assert_allclose(together, np.stack(one_by_one), atol=1e-5, rtol=0)
 

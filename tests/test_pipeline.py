@@ -8,9 +8,9 @@ import pytest
 from conftest import edit_params, run
 from ruamel.yaml import YAML
 
+from finsent.backends import TorchPredictor
 from finsent.data import read_jsonl
 from finsent.metrics import headline_metrics
-from finsent.modeling import load_classifier, predict_proba
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "tokenize", "train", "evaluate", "export")
@@ -51,9 +51,10 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
     }
 
     # The saved model reproduces the dev score that chose it.
-    model, tokenizer = load_classifier(repo / "models")
     dev = read_jsonl(repo / "data/raw/dev.jsonl")
-    probabilities = predict_proba(model, tokenizer, dev["text"].tolist(), batch_size=64)
+    probabilities = TorchPredictor.from_dir(repo / "models", batch_size=64).predict_proba(
+        dev["text"].tolist()
+    )
     assert headline_metrics(dev["label"].to_numpy(), probabilities)["macro_f1"] == pytest.approx(
         first["dev"]["macro_f1"], abs=1e-9
     )

@@ -67,7 +67,7 @@ def test_csv_file_with_a_named_column_to_csv_output_with_pytorch(exported_projec
     assert "600/600" in stderr  # the progress bar
     out = pd.read_csv(tmp_path / "out.csv")
     assert list(out.columns) == ["label", "p_Bearish", "p_Bullish", "p_Neutral"]
-    expected = TorchPredictor(exported_project / "models", 32).predict_proba(texts)
+    expected = TorchPredictor.from_dir(exported_project / "models", 32).predict_proba(texts)
     # The command hands the model 512 texts at a time: other batches, other padding, last digits differ.
     np.testing.assert_allclose(out.iloc[:, 1:].to_numpy(), expected, atol=1e-5)
     assert out["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]

@@ -5,7 +5,7 @@ The predict command, the export stage and the HTTP API all classify through `loa
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from ruamel.yaml import YAML, YAMLError
@@ -20,28 +20,52 @@ ONNX_FILES: dict[str, str] = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int
 """The file of each ONNX backend in the export stage's folder (which also holds the tokenizer)."""
 
 
-class Predictor(Protocol):
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """Class probabilities, shape (len(texts), len(LABELS)), in the order of `texts`."""
-        ...
+class Predictor:
+    """The classifier on one runtime, in batches of texts of similar length (little padding is wasted).
 
+    Subclasses give the logits of one batch; predict_proba puts the results back in input order.
+    """
 
-class TorchPredictor:
-    """The model as the train stage saved it (LoRA adapter unmerged), on PyTorch: evaluate's code path."""
-
-    def __init__(self, model_dir: Path, batch_size: int):
-        from finsent.modeling import load_classifier  # torch and peft load only for this backend
-
-        self.model, self.tokenizer = load_classifier(model_dir)
+    def __init__(self, batch_size: int):
         self.batch_size = batch_size
 
+    def batch_logits(self, texts: list[str]) -> np.ndarray:
+        """Logits, shape (len(texts), len(LABELS)), of one batch."""
+        raise NotImplementedError
+
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        from finsent.modeling import predict_proba
+        """Class probabilities, shape (len(texts), len(LABELS)), in the order of `texts`."""
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            probabilities[rows] = softmax(self.batch_logits([texts[i] for i in rows]), axis=-1)
+        return probabilities
 
-        return predict_proba(self.model, self.tokenizer, texts, self.batch_size)
+
+class TorchPredictor(Predictor):
+    """The model as the train stage saved it (LoRA adapter unmerged), on PyTorch: evaluate's code path."""
+
+    def __init__(self, model, tokenizer, batch_size: int):
+        super().__init__(batch_size)
+        self.model, self.tokenizer = model, tokenizer
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, batch_size: int) -> "TorchPredictor":
+        from finsent.modeling import load_classifier  # torch and peft load only for this backend
+
+        return cls(*load_classifier(model_dir), batch_size)
+
+    def batch_logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(texts, truncation=True, padding=True, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            return self.model(**batch).logits.float().cpu().numpy()
 
 
-class OnnxPredictor:
+class OnnxPredictor(Predictor):
     """An exported model on ONNX Runtime (CPU), tokenized exactly as the PyTorch backend tokenizes."""
 
     def __init__(self, model_file: Path, batch_size: int):
@@ -50,29 +74,21 @@ class OnnxPredictor:
 
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
+        super().__init__(batch_size)
         self.session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.tokenizer = AutoTokenizer.from_pretrained(model_file.parent)
-        self.batch_size = batch_size
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        # As modeling.predict_proba: batches of similar length, results back in input order.
-        order = np.argsort([len(text) for text in texts], kind="stable")
-        probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in rows], truncation=True, padding=True, return_tensors="np"
-            )
-            (logits,) = self.session.run(["logits"], {name: batch[name] for name in self.input_names})
-            probabilities[rows] = softmax(logits, axis=-1)
-        return probabilities
+    def batch_logits(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, truncation=True, padding=True, return_tensors="np")
+        (logits,) = self.session.run(["logits"], {name: batch[name] for name in self.input_names})
+        return logits
 
 
 def load_predictor(backend: Backend, model_dir: Path, exported_dir: Path, batch_size: int) -> Predictor:
     """The classifier on `backend`: PyTorch reads the train stage's `model_dir`, ONNX the export stage's."""
     if backend == "pytorch":
-        return TorchPredictor(Path(model_dir), batch_size)
+        return TorchPredictor.from_dir(Path(model_dir), batch_size)
     return OnnxPredictor(Path(exported_dir) / ONNX_FILES[backend], batch_size)
 
 

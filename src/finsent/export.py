@@ -95,7 +95,7 @@ def export_classifier(
     Raises FinsentError when an ONNX model's labels agree with PyTorch's on fewer of `texts` than
     `params.min_agreement` asks (inside `atomic_dir`, nothing is then kept).
     """
-    reference = TorchPredictor(model_dir, params.batch_size)
+    reference = TorchPredictor.from_dir(model_dir, params.batch_size)
     expected = reference.predict_proba(texts)  # before merging, which rewrites the model's layers in place
     metrics = {"pytorch": headline_metrics(labels, expected)}
     reference.tokenizer.save_pretrained(out_dir)

@@ -3,7 +3,6 @@
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import (
@@ -130,25 +129,3 @@ def load_classifier(model_dir: Path) -> tuple[PeftModel | PreTrainedModel, PreTr
         model = PeftModel.from_pretrained(model, model_dir)
     model.eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
-
-
-@torch.inference_mode()
-def predict_proba(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    batch_size: int,
-) -> np.ndarray:
-    """Class probabilities, shape (len(texts), len(LABELS)), in the order of `texts`."""
-    device = next(model.parameters()).device
-    # Batches of similar length waste little on padding; the results go back to input order.
-    order = np.argsort([len(text) for text in texts], kind="stable")
-    probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in rows], truncation=True, padding=True, return_tensors="pt").to(
-            device
-        )
-        logits = model(**batch).logits.float()
-        probabilities[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
-    return probabilities
