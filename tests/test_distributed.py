@@ -123,11 +123,11 @@ def test_two_processes_write_one_set_of_outputs(one, two):
 
 def test_two_processes_score_as_one_does(one, two):
     single, double = (json.loads((cwd / "metrics/train/metrics.json").read_text()) for _, cwd in (one, two))
-    # Two processes see the same global batches in a different grouping by length (and other dropout
-    # masks): a change the size of a change of seed. On this data the dev log-loss of 1 and 2
-    # processes differed by at most 0.016 over 4 seeds (1 process alone: 0.898 to 0.915), while
-    # a global batch of 32 instead of 16, or 2 epochs instead of 3, moved it by over 0.1, and the
-    # untrained model (the class prior) scores 1.08.
+    # Two processes group the rows by length within their own shares and draw other dropout masks:
+    # a change the size of a change of seed. On this data the dev log-loss of 1 and 2 processes
+    # differed by at most 0.016 over 4 seeds and 4 random tiny models (1 process alone, 4 seeds:
+    # 0.898 to 0.915), while a global batch of 32 instead of 16, or 2 epochs instead of 3, moved
+    # it by over 0.1, and the class prior alone (an untrained model) scores 1.08.
     assert single["dev"]["log_loss"] < 1.0
     assert double["dev"]["log_loss"] == pytest.approx(single["dev"]["log_loss"], abs=0.04)
     # The train loss is each batch's mean, whatever the number of processes (Trainer would
