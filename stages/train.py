@@ -1,12 +1,18 @@
-"""Stage train: LoRA fine-tuning on train, checkpoint chosen by dev macro-F1, dvclive logs per epoch."""
+"""Stage train: LoRA fine-tuning on train, checkpoint chosen by dev macro-F1, dvclive logs per epoch.
+
+With `train.num_processes` above 1 it reruns itself as that many data-parallel workers under torchrun.
+"""
 
 import argparse
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 from dvclive import Live
 
+from finsent import distributed
 from finsent.atomic import atomic_dir
+from finsent.checkpoints import resolve_checkpoint
 from finsent.config import load_params
 from finsent.errors import run_cli
 from finsent.training import train_classifier
@@ -19,14 +25,22 @@ def main() -> None:
     parser.add_argument("live_dir", type=Path, help="dvclive folder: params, per-epoch metrics, summary")
     args = parser.parse_args()
     params = load_params()
-    with (
-        atomic_dir(args.model_dir) as model_staging,
-        atomic_dir(args.live_dir) as live_staging,
-        Live(str(live_staging), dvcyaml=None, save_dvc_exp=False) as live,
-    ):
-        live.log_params(params.model_dump(include={"model", "tokenize", "lora", "train"}))
+    num_processes = params.train.num_processes
+    if distributed.needs_launch(num_processes):
+        resolve_checkpoint(params.model.checkpoint, params.model.revision)  # a bad one fails here, once
+        raise SystemExit(distributed.launch_workers(num_processes))
+
+    main_process = distributed.is_main_process()
+    with distributed.process_group(num_processes), ExitStack() as outputs:
+        model_staging = live = None
+        if main_process:  # the other workers write nothing, not even a staging folder
+            model_staging = outputs.enter_context(atomic_dir(args.model_dir))
+            live_staging = outputs.enter_context(atomic_dir(args.live_dir))
+            live = outputs.enter_context(Live(str(live_staging), dvcyaml=None, save_dvc_exp=False))
+            live.log_params(params.model_dump(include={"model", "tokenize", "lora", "train"}))
         summary = train_classifier(params, args.tokenized_dir, model_staging, live)
-    print(json.dumps(summary, indent=2))
+    if main_process:
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,17 @@ def test_exponent_without_dot_is_a_float(tmp_path):
             "train.lr: Extra inputs are not permitted",
         ),
         (r"dev_size: [\d.]+", "dev_size: 1.5", "data.dev_size: Input should be less than 1"),
+        (
+            r"  num_processes: \d+",
+            "  num_processes: 0",
+            "train.num_processes: Input should be greater than 0",
+        ),
+        (
+            r"  num_processes: \d+",
+            "  num_processes: 3",
+            "train.num_processes: Value error, train.batch_size 32 (the global batch) "
+            "cannot be split evenly among 3 processes",
+        ),
     ],
 )
 def test_bad_value_is_named(tmp_path, old, new, message):

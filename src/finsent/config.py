@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from ruamel.yaml import YAML, YAMLError
 
 from finsent.errors import FinsentError
@@ -54,12 +54,25 @@ class TrainParams(_Section):
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"]
     warmup_ratio: float = Field(ge=0, lt=1)
     epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
+    batch_size: int = Field(gt=0)  # the global batch, split evenly among the processes
+    # Data-parallel processes (torchrun): GPUs, one each, or CPU processes sharing the cores.
+    num_processes: int = Field(default=1, gt=0)
     weight_decay: float = Field(ge=0)
     # Loss: "balanced" weighs each class by the inverse of its share of train (Neutral is 65% of it).
     class_weights: Literal["none", "balanced"]
     label_smoothing: float = Field(ge=0, lt=1)
     seed: int
+
+    @field_validator("num_processes")
+    @classmethod
+    def _splits_the_batch(cls, value: int, info: ValidationInfo) -> int:
+        batch_size = info.data.get("batch_size")  # absent when it was itself invalid
+        if batch_size is not None and batch_size % value:
+            raise ValueError(
+                f"train.batch_size {batch_size} (the global batch) "
+                f"cannot be split evenly among {value} processes"
+            )
+        return value
 
 
 class EvaluateParams(_Section):

@@ -1,6 +1,5 @@
 """Fine-tuning with transformers' Trainer: LoRA, dynamic padding, length-grouped batches, best dev epoch."""
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from transformers import (
 
 from finsent.checkpoints import resolve_checkpoint
 from finsent.config import LABELS, Params, TrainParams
+from finsent.distributed import shared_tempdir
 from finsent.features import TOKENIZER_SUBDIR, read_tokenized
 from finsent.metrics import headline_metrics
 from finsent.modeling import load_base_model, save_classifier, with_lora
@@ -82,14 +82,16 @@ def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
     train = params.train
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
+    # train.batch_size is the global batch: each of the N processes takes its share of every step.
+    per_device_batch_size = train.batch_size // train.num_processes
     return TrainingArguments(
         output_dir=output_dir,
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler_type,
         warmup_steps=train.warmup_ratio,  # a float below 1 is a share of all steps
         num_train_epochs=train.epochs,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=2 * train.batch_size,
+        per_device_train_batch_size=per_device_batch_size,
+        per_device_eval_batch_size=2 * per_device_batch_size,
         weight_decay=train.weight_decay,
         seed=train.seed,
         data_seed=train.seed,
@@ -107,21 +109,33 @@ def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
         fp16=cuda and not bf16,
         report_to="none",
         disable_tqdm=True,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=cuda,
+        # Without a GPU, say so: under torchrun accelerate then trains on the gloo process group; it
+        # would otherwise see no device to be distributed over, and each process would train alone.
+        use_cpu=not cuda,
+        # Our loss is the mean over each process's share and DDP averages the N shares' gradients:
+        # the global batch's mean. Trainer would also multiply the loss by N (meant for losses summed
+        # over `num_items_in_batch`): logged loss and gradients N times too large. No-op for N = 1.
+        average_tokens_across_devices=False,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (DDP fails if not)
     )
 
 
-def train_classifier(params: Params, tokenized_dir: Path, model_dir: Path, live: Live) -> dict:
+def train_classifier(
+    params: Params, tokenized_dir: Path, model_dir: Path | None, live: Live | None
+) -> dict | None:
     """Train on train, keep the epoch with the best dev macro-F1, save it to `model_dir`.
 
     Returns the summary logged to `live`: the chosen epoch's dev metrics and the training speed.
+    In a launch of several processes, the ones other than rank 0 get no `model_dir` and no `live`:
+    they train their share and write nothing (and return None).
     """
     checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
     set_seed(params.train.seed)  # before the head is initialised
     model = with_lora(load_base_model(checkpoint_dir), params.lora)
     tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
     train_set = read_tokenized(tokenized_dir, "train")
-    with tempfile.TemporaryDirectory(prefix="finsent-checkpoints-") as scratch:
+    with shared_tempdir(prefix="finsent-checkpoints-") as scratch:
         trainer = Trainer(
             model=model,
             args=training_arguments(params, scratch),
@@ -132,9 +146,11 @@ def train_classifier(params: Params, tokenized_dir: Path, model_dir: Path, live:
             ),
             compute_loss_func=classification_loss(params.train, train_set),
             compute_metrics=_dev_metrics,
-            callbacks=[EpochLogger(live)],
+            callbacks=[] if live is None else [EpochLogger(live)],
         )
         result = trainer.train()
+    if live is None:
+        return None
     best = next(
         entry
         for entry in trainer.state.log_history
