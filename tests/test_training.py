@@ -18,6 +18,7 @@ def train_params(**changes) -> TrainParams:
         "warmup_ratio": 0.0,
         "epochs": 1,
         "batch_size": 8,
+        "num_processes": 1,
         "weight_decay": 0.0,
         "class_weights": "none",
         "label_smoothing": 0.0,

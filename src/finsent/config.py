@@ -56,7 +56,7 @@ class TrainParams(_Section):
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # the global batch, split evenly among the processes
     # Data-parallel processes (torchrun): GPUs, one each, or CPU processes sharing the cores.
-    num_processes: int = Field(default=1, gt=0)
+    num_processes: int = Field(gt=0)
     weight_decay: float = Field(ge=0)
     # Loss: "balanced" weighs each class by the inverse of its share of train (Neutral is 65% of it).
     class_weights: Literal["none", "balanced"]
