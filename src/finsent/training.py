@@ -24,6 +24,7 @@ from finsent.config import LABELS, Params, TrainParams
 from finsent.features import TOKENIZER_SUBDIR, read_tokenized
 from finsent.metrics import headline_metrics
 from finsent.modeling import load_base_model, save_classifier, with_lora
+from finsent.text import TextNormalization
 
 SELECTION_METRIC = "macro_f1"
 
@@ -152,4 +153,5 @@ def train_classifier(params: Params, tokenized_dir: Path, model_dir: Path, live:
     }
     live.summary.update(summary)
     save_classifier(trainer.model, tokenizer, checkpoint_dir, model_dir)
+    TextNormalization.load(tokenized_dir / TOKENIZER_SUBDIR).save(model_dir)  # prediction normalises alike
     return summary
