@@ -1,4 +1,4 @@
-"""Stage tokenize: train and dev splits to token ids with the checkpoint's tokenizer, saved beside them.
+"""Stage tokenize: train and dev splits normalised and turned into token ids; the tokenizer saved beside them.
 
 (Not named tokenize.py: as the first entry of sys.path it would shadow the standard library's module.)
 """
@@ -14,6 +14,7 @@ from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.errors import run_cli
 from finsent.features import load_fast_tokenizer, tokenize_frame, write_tokenized
+from finsent.text import TextNormalization
 
 
 def main() -> None:
@@ -25,12 +26,13 @@ def main() -> None:
     params = load_params()
     checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
+    normalize = TextNormalization(url_replacement=params.tokenize.url_replacement)
     splits = {
-        split: tokenize_frame(read_jsonl(args.raw_dir / f"{split}.jsonl"), tokenizer)
+        split: tokenize_frame(read_jsonl(args.raw_dir / f"{split}.jsonl"), tokenizer, normalize)
         for split in ("train", "dev")
     }
     with atomic_dir(args.out_dir) as staging:
-        write_tokenized(splits, tokenizer, staging)
+        write_tokenized(splits, tokenizer, normalize, staging)
     print("rows:", ", ".join(f"{split} {len(data):,}" for split, data in splits.items()))
 
 

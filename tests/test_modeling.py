@@ -11,6 +11,7 @@ from finsent.checkpoints import bundled_checkpoint, resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
+from finsent.text import TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -95,8 +96,10 @@ def test_predict_proba_keeps_input_order(tmp_path):
     model = with_lora(load_base_model(checkpoint), LORA).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = ["a much longer tweet about $TSLA deliveries missing estimates", "up", "$SPY flat on the day"]
-    together = TorchPredictor(model, tokenizer, batch_size=2).predict_proba(texts)
-    one_by_one = [TorchPredictor(model, tokenizer, batch_size=1).predict_proba([text])[0] for text in texts]
+    together = TorchPredictor(model, tokenizer, 2, TextNormalization()).predict_proba(texts)
+    one_by_one = [
+        TorchPredictor(model, tokenizer, 1, TextNormalization()).predict_proba([text])[0] for text in texts
+    ]
     assert together.shape == (3, len(LABELS))
     np.testing.assert_allclose(together, np.stack(one_by_one), atol=1e-5, rtol=0)
 
@@ -132,3 +135,27 @@ def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
     assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "tokenized").exists()
+
+
+def test_links_become_one_word_and_nothing_else_changes():
+    normalize = TextNormalization(url_replacement="http")
+    texts = ["$AAPL up https://t.co/XKcPDilIuU, see http://x.com/a?b=1", "no link: t.co or https here"]
+    assert normalize(texts) == ["$AAPL up http see http", "no link: t.co or https here"]
+    assert TextNormalization()(texts) == texts
+
+
+def test_prediction_normalises_as_the_saved_model_was_trained(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
+    torch.manual_seed(0)
+    model = with_lora(load_base_model(checkpoint), LORA)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    save_classifier(model, tokenizer, checkpoint, tmp_path / "models")
+    two_links = ["$TSLA deliveries miss https://t.co/abcdef", "$TSLA deliveries miss https://t.co/Zy9Qk2"]
+
+    assert TextNormalization.load(tmp_path / "models") == TextNormalization()  # no file: texts as they are
+    as_they_are = TorchPredictor.from_dir(tmp_path / "models", batch_size=2).predict_proba(two_links)
+    assert (as_they_are[0] != as_they_are[1]).any()
+
+    TextNormalization(url_replacement="http").save(tmp_path / "models")
+    normalised = TorchPredictor.from_dir(tmp_path / "models", batch_size=2).predict_proba(two_links)
+    np.testing.assert_array_equal(normalised[0], normalised[1])

@@ -13,6 +13,7 @@ from scipy.special import softmax
 
 from finsent.config import LABELS
 from finsent.errors import FinsentError
+from finsent.text import TextNormalization
 
 Backend = Literal["onnx_int8", "onnx_fp32", "pytorch"]
 
@@ -23,11 +24,13 @@ ONNX_FILES: dict[str, str] = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int
 class Predictor:
     """The classifier on one runtime, in batches of texts of similar length (little padding is wasted).
 
-    Subclasses give the logits of one batch; predict_proba puts the results back in input order.
+    Texts are normalised as in training (`TextNormalization`, saved with the model). Subclasses give the
+    logits of one batch; predict_proba puts the results back in input order.
     """
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, normalize: TextNormalization):
         self.batch_size = batch_size
+        self.normalize = normalize
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         """Logits, shape (len(texts), len(LABELS)), of one batch."""
@@ -35,6 +38,7 @@ class Predictor:
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape (len(texts), len(LABELS)), in the order of `texts`."""
+        texts = self.normalize(texts)
         order = np.argsort([len(text) for text in texts], kind="stable")
         probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
@@ -46,15 +50,15 @@ class Predictor:
 class TorchPredictor(Predictor):
     """The model as the train stage saved it (LoRA adapter unmerged), on PyTorch: evaluate's code path."""
 
-    def __init__(self, model, tokenizer, batch_size: int):
-        super().__init__(batch_size)
+    def __init__(self, model, tokenizer, batch_size: int, normalize: TextNormalization):
+        super().__init__(batch_size, normalize)
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
     def from_dir(cls, model_dir: Path, batch_size: int) -> "TorchPredictor":
         from finsent.modeling import load_classifier  # torch and peft load only for this backend
 
-        return cls(*load_classifier(model_dir), batch_size)
+        return cls(*load_classifier(model_dir), batch_size, TextNormalization.load(model_dir))
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -74,7 +78,7 @@ class OnnxPredictor(Predictor):
 
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
-        super().__init__(batch_size)
+        super().__init__(batch_size, TextNormalization.load(model_file.parent))
         self.session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.tokenizer = AutoTokenizer.from_pretrained(model_file.parent)

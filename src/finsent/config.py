@@ -37,6 +37,8 @@ class ModelParams(_Section):
 
 class TokenizeParams(_Section):
     max_length: int = Field(gt=8, le=4096)
+    # The word that replaces each link (https://...) before tokenizing; null keeps links (see text.py).
+    url_replacement: str | None
 
 
 class LoraParams(_Section):

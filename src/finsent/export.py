@@ -99,6 +99,7 @@ def export_classifier(
     expected = reference.predict_proba(texts)  # before merging, which rewrites the model's layers in place
     metrics = {"pytorch": headline_metrics(labels, expected)}
     reference.tokenizer.save_pretrained(out_dir)
+    reference.normalize.save(out_dir)
     export_onnx(merged_model(reference), reference.tokenizer, out_dir / ONNX_FILES["onnx_fp32"])
     quantize_int8(out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"])
     for backend, file_name in ONNX_FILES.items():

@@ -1,4 +1,4 @@
-"""Model inputs: texts turned into token ids by the checkpoint's fast tokenizer, unpadded."""
+"""Model inputs: texts normalised, then turned into token ids by the checkpoint's fast tokenizer, unpadded."""
 
 from pathlib import Path
 
@@ -6,6 +6,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from finsent.text import TextNormalization
 
 TOKENIZER_SUBDIR = "tokenizer"
 
@@ -17,16 +19,24 @@ def load_fast_tokenizer(checkpoint_dir: Path, max_length: int) -> PreTrainedToke
     return tokenizer
 
 
-def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+def tokenize_frame(
+    frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, normalize: TextNormalization
+) -> Dataset:
     """Token ids and labels of a split; padding is left to each batch (dynamic padding)."""
-    encoded = tokenizer(frame["text"].tolist(), truncation=True)
+    encoded = tokenizer(normalize(frame["text"].tolist()), truncation=True)
     return Dataset.from_dict({**encoded, "label": frame["label"].tolist()})
 
 
-def write_tokenized(splits: dict[str, Dataset], tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+def write_tokenized(
+    splits: dict[str, Dataset],
+    tokenizer: PreTrainedTokenizerBase,
+    normalize: TextNormalization,
+    out_dir: Path,
+) -> None:
     for split, dataset in splits.items():
         dataset.to_parquet(out_dir / f"{split}.parquet")
     tokenizer.save_pretrained(out_dir / TOKENIZER_SUBDIR)
+    normalize.save(out_dir / TOKENIZER_SUBDIR)
 
 
 def read_tokenized(in_dir: Path, split: str) -> Dataset:

@@ -24,6 +24,7 @@ from finsent.distributed import shared_tempdir
 from finsent.features import TOKENIZER_SUBDIR, read_tokenized
 from finsent.metrics import headline_metrics
 from finsent.modeling import load_base_model, save_classifier, with_lora
+from finsent.text import TextNormalization
 
 SELECTION_METRIC = "macro_f1"
 
@@ -168,4 +169,5 @@ def train_classifier(
     }
     live.summary.update(summary)
     save_classifier(trainer.model, tokenizer, checkpoint_dir, model_dir)
+    TextNormalization.load(tokenized_dir / TOKENIZER_SUBDIR).save(model_dir)  # prediction normalises alike
     return summary

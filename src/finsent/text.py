@@ -1,0 +1,36 @@
+"""Text normalisation before tokenizing: the same in training, evaluation, export and prediction.
+
+A link in a tweet (https://t.co/XKcPDilIuU) is random characters: about fifteen word pieces that carry no
+sentiment, 29% of all the tokens of the training split. Replaced by one word, as BERTweet does, it still
+says that a link was there, and training and prediction run on shorter sequences.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+NORMALIZATION_FILE = "text_normalization.json"
+"""Written beside the tokenizer (tokenize, train and export outputs), so that prediction does the same."""
+
+_LINK = re.compile(r"https?://\S+")
+
+
+@dataclass(frozen=True)
+class TextNormalization:
+    url_replacement: str | None = None
+    """The word that replaces every link; None keeps links as they are."""
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        if self.url_replacement is None:
+            return list(texts)
+        return [_LINK.sub(self.url_replacement, text) for text in texts]
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / NORMALIZATION_FILE).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "TextNormalization":
+        """What `save` wrote in `folder`; none (texts as they are) for a folder without the file."""
+        file = Path(folder) / NORMALIZATION_FILE
+        return cls(**json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else cls()
