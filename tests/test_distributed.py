@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, SOURCE_ENV, edit_params, mirror_fingerprint, run, slice_mirror, stage_script
 
-from finsent.config import load_params
-from finsent.data import MIRROR_ENV, prepare_raw, read_jsonl
+from finsent.data import MIRROR_ENV
 from finsent.distributed import needs_launch, process_group
 from finsent.errors import FinsentError
-from finsent.features import load_fast_tokenizer, tokenize_frame, write_tokenized
 
 # A rank that raises once rank 0 has made its staging folders: the stage file run with a failing
 # train_classifier on that rank (the workers run this same file, as torchrun reruns the command).
@@ -53,17 +51,9 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
         train__epochs=3,
         train__batch_size=16,
     )
-    params = load_params(project / "params.yaml")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(MIRROR_ENV, str(mirror))
-        (project / "raw").mkdir()
-        prepare_raw(params.data, project / "raw")
-    tokenizer = load_fast_tokenizer(tiny_bert_dir, params.tokenize.max_length)
-    splits = {
-        s: tokenize_frame(read_jsonl(project / "raw" / f"{s}.jsonl"), tokenizer) for s in ("train", "dev")
-    }
-    (project / "tokenized").mkdir()
-    write_tokenized(splits, tokenizer, project / "tokenized")
+    env = {**SOURCE_ENV, MIRROR_ENV: str(mirror)}
+    run([*stage_script("download.py"), "raw"], cwd=project, env=env)
+    run([*stage_script("tokenize_splits.py"), "raw", "tokenized"], cwd=project, env=env)
     return project
 
 
