@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sweep=$1 jobs=${2:-1} max_seconds=${3:-0}
+# The commit the experiments start from: the table lists its experiments even if HEAD moves meanwhile.
+base=$(git rev-parse HEAD)
 
 while read -r name overrides; do
   [[ -z $name || $name == \#* ]] && continue
@@ -31,4 +33,4 @@ while status=$(dvc queue status 2>/dev/null) && grep -qE '\b(Queued|Running)\b' 
   sleep 5
 done
 dvc queue status >&2
-scripts/exp_table.sh --csv
+scripts/exp_table.sh --csv --rev "$base"
