@@ -3,10 +3,10 @@
 #
 #   scripts/exp_table.sh [DVC EXP SHOW OPTIONS]      e.g. --md, --csv, -A, --rev main
 #
-# Columns: the experiment; the params a sweep changes (link replacement, LoRA on/rank/alpha, learning rate, epochs,
-# batch size, processes, loss options, seed); dev macro-F1 and accuracy with the epoch they come from;
-# validation macro-F1 and accuracy (metrics/validation.json, shown as plain `macro_f1` and `accuracy`);
-# training throughput. Every Trainer field, data fingerprint and dependency hash is left out.
+# Columns: the experiment; the params a sweep changes (link replacement, LoRA on/rank/alpha, learning
+# rate, epochs, batch size, processes, loss options, seed); dev macro-F1 and accuracy with the epoch
+# they come from; validation macro-F1 and accuracy (metrics/validation.json, shown as plain `macro_f1`
+# and `accuracy`); training throughput. Every Trainer field, data fingerprint and dependency hash is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 columns='Experiment|Created|tokenize\.url_replacement|lora\.(enabled|r|alpha)|train\.(learning_rate|epochs|batch_size|num_processes|class_weights|label_smoothing|seed)|dev\.(macro_f1|accuracy)|best_epoch|macro_f1|accuracy|train\.samples_per_second'

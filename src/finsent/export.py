@@ -68,9 +68,9 @@ def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
     The feed-forward blocks (intermediate and output layers) stay fp32; the attention projections are
     quantized. One activation scale per tensor cannot hold the outliers of the feed-forward activations:
     quantizing the intermediate layers too flipped 1.05% of the validation labels of the committed model
-    (on a 2-core AMD EPYC), over the 1% that `export.min_agreement` allows; without them,
-    0.38%, at 12% less int8 throughput. Weights use 7 bits (reduce_range): x86 CPUs without VNNI
-    saturate in the u8 x s8 products otherwise.
+    (on a 2-core AMD EPYC), over the 1% that `export.min_agreement` allows; without them, 0.38%
+    (metrics/export.json). Weights use 7 bits (reduce_range): x86 CPUs without VNNI saturate in the
+    u8 x s8 products otherwise.
     """
     graph = onnx.load(fp32_file).graph
     feed_forward = [
