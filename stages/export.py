@@ -14,15 +14,24 @@ from finsent.export import export_classifier
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("split_file", type=Path, help="JSONL split to compare the runtimes on")
+    parser.add_argument("validation_file", type=Path, help="JSONL split to compare the runtimes on")
+    parser.add_argument("dev_file", type=Path, help="JSONL split to compare them on for tuning")
+    parser.add_argument("calibration_file", type=Path, help="JSONL split to calibrate int8 smoothing on")
     parser.add_argument("exported_dir", type=Path, help="folder for the ONNX models and the tokenizer")
     parser.add_argument("metrics_file", type=Path)
     args = parser.parse_args()
     params = load_params()
-    split = read_jsonl(args.split_file)
+    validation = read_jsonl(args.validation_file)
+    dev_texts = read_jsonl(args.dev_file)["text"].tolist()
+    calibration_texts = read_jsonl(args.calibration_file)["text"].tolist()
     with atomic_dir(args.exported_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
         metrics = export_classifier(
-            args.model_dir, staging, split["text"].tolist(), split["label"].to_numpy(), params.export
+            args.model_dir,
+            staging,
+            validation,
+            dev_texts,
+            calibration_texts,
+            params.export,
         )
         metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(metrics, indent=2))

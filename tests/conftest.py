@@ -27,27 +27,34 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
-def tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
+    """A 2-layer, 32-wide encoder with random weights and the real MiniLM tokenizer, saved as a checkpoint.
+
+    `architecture` is "bert" or "deberta-v2" (the architecture of DeBERTa-v3 checkpoints).
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(MINILM))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(folder)
+    sizes = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    }
+    if architecture == "bert":
+        model = BertModel(BertConfig(**sizes))
+    else:
+        model = DebertaV2Model(DebertaV2Config(pooler_hidden_size=32, **sizes))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
-    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def slice_mirror(folder: Path, rows: dict[str, int]) -> Path:
@@ -212,14 +219,18 @@ def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
     # A random tiny model's int8 copy is far off (its weights are no trained model's): no int8 threshold.
     edit_params(project, export__min_agreement__onnx_int8=0.01, serve__max_texts=4, serve__max_text_chars=50)
     (project / "data" / "raw").mkdir(parents=True)
-    validation = read_source_csv(small_mirror / SOURCE_FILES["validation"])
-    (project / "data" / "raw" / "validation.jsonl").write_bytes(to_jsonl(validation))
+    for split in ("train", "validation"):
+        frame = read_source_csv(small_mirror / SOURCE_FILES[split])
+        (project / "data" / "raw" / f"{split}.jsonl").write_bytes(to_jsonl(frame))
+    (project / "data" / "raw" / "dev.jsonl").write_bytes(to_jsonl(frame.iloc[:100]))
     tiny_trained_model(tiny_bert_dir, project / "models")
     run(
         [
             *stage_script("export.py"),
             "models",
             "data/raw/validation.jsonl",
+            "data/raw/dev.jsonl",
+            "data/raw/train.jsonl",
             "exported",
             "metrics/export.json",
         ],

@@ -43,24 +43,66 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
     np.testing.assert_allclose(fp32_batch_of_7, pytorch, atol=1e-3)
 
 
-def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_project, tmp_path):
-    shutil.copy(exported_project / "params.yaml", tmp_path / "params.yaml")
+def test_export_compares_the_runtimes_on_dev_too(exported_project):
+    metrics = json.loads((exported_project / "metrics/export.json").read_text())
+    batch_size = load_params(exported_project / "params.yaml").export.batch_size
+    dev_texts = read_jsonl(exported_project / "data/raw/dev.jsonl")["text"].tolist()
+    pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size).predict_proba(dev_texts)
+    for backend, file_name in ONNX_FILES.items():
+        probabilities = OnnxPredictor(exported_project / "exported" / file_name, batch_size).predict_proba(
+            dev_texts
+        )
+        difference = np.abs(probabilities - pytorch)
+        assert metrics[backend]["dev"] == pytest.approx(
+            {
+                "agreement_with_pytorch": (probabilities.argmax(axis=1) == pytorch.argmax(axis=1)).mean(),
+                "max_abs_probability_difference": difference.max(),
+                "mean_abs_probability_difference": difference.mean(),
+            },
+            abs=1e-6,
+        )
+    assert metrics["onnx_int8"]["dev"]["mean_abs_probability_difference"] > 1e-3  # int8 does differ
+
+
+def export_beside(exported_project, folder, **param_changes):
+    """The export stage in `folder`, on `exported_project`'s model and data, with changed params."""
+    shutil.copy(exported_project / "params.yaml", folder / "params.yaml")
     for name in ("models", "data"):
-        (tmp_path / name).symlink_to(exported_project / name)
-    edit_params(tmp_path, export__min_agreement__onnx_int8=1.0)
-    result = run(
-        [*stage_script("export.py"), "models", "data/raw/validation.jsonl", "exported", "export.json"],
-        cwd=tmp_path,
+        (folder / name).symlink_to(exported_project / name)
+    edit_params(folder, **param_changes)
+    splits = [f"data/raw/{split}.jsonl" for split in ("validation", "dev", "train")]
+    return run(
+        [*stage_script("export.py"), "models", *splits, "exported", "export.json"],
+        cwd=folder,
         env=SOURCE_ENV,
         check=False,
     )
+
+
+def smoothing_scales(onnx_file) -> list[str]:
+    return [init.name for init in onnx.load(onnx_file).graph.initializer if "inverse_scale" in init.name]
+
+
+def test_int8_is_quantized_from_the_smoothed_model_unless_alpha_is_null(exported_project, tmp_path):
+    exported = exported_project / "exported"
+    assert smoothing_scales(exported / ONNX_FILES["onnx_fp32"]) == []
+    # Every linear layer: 6 in each of the 2 blocks, the pooler and the classifier.
+    assert len(smoothing_scales(exported / ONNX_FILES["onnx_int8"])) == 6 * 2 + 2
+    assert "smoothed_fp32.onnx" not in {path.name for path in exported.iterdir()}
+
+    assert export_beside(exported_project, tmp_path, export__smoothing_alpha=None).returncode == 0
+    assert smoothing_scales(tmp_path / "exported" / ONNX_FILES["onnx_int8"]) == []
+
+
+def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_project, tmp_path):
+    result = export_beside(exported_project, tmp_path, export__min_agreement__onnx_int8=1.0)
     agreement = json.loads((exported_project / "metrics/export.json").read_text())["onnx_int8"][
         "agreement_with_pytorch"
     ]
     assert result.returncode == 1
     assert result.stderr.endswith(
         f"error: export.min_agreement.onnx_int8: the onnx_int8 model gives PyTorch's label on "
-        f"{agreement:.2%} of the texts, under the 100.00% asked\n"
+        f"{agreement:.2%} of the validation texts, under the 100.00% asked\n"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "models", "params.yaml"]
 
@@ -74,6 +116,8 @@ def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_pro
             *stage_script("export.py"),
             "models",
             str(exported_project / "data/raw/validation.jsonl"),
+            str(exported_project / "data/raw/dev.jsonl"),
+            str(exported_project / "data/raw/train.jsonl"),
             "exported",
             "m.json",
         ],

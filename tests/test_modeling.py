@@ -1,35 +1,17 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import MINILM, PROJECT, run, stage_script
-from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
+from conftest import MINILM, PROJECT, run, stage_script, tiny_checkpoint
+from transformers import AutoTokenizer
 
 from finsent.backends import TorchPredictor
-from finsent.checkpoints import bundled_checkpoint, resolve_checkpoint
+from finsent.checkpoints import resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
 from finsent.text import TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-
-
-def tiny_checkpoint(folder: Path, architecture: str) -> Path:
-    """A randomly initialised encoder of the given architecture, saved as a checkpoint folder."""
-    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(MINILM))
-    if architecture == "bert":
-        model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **SIZES))
-    else:  # DeBERTa-v3 checkpoints use the deberta-v2 architecture
-        config = DebertaV2Config(vocab_size=tokenizer.vocab_size, pooler_hidden_size=32, **SIZES)
-        model = DebertaV2Model(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 EXPECTED_TARGETS = {
     "bert": {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"},
     "deberta-v2": {

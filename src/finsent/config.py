@@ -88,6 +88,10 @@ class MinAgreement(_Section):
 
 class ExportParams(_Section):
     batch_size: int = Field(gt=0)
+    # int8: SmoothQuant's migration strength (0: weights keep their ranges; 1: activations are evened
+    # out); None quantizes the model as it is.
+    smoothing_alpha: float | None = Field(ge=0, le=1)
+    calibration_texts: int = Field(gt=0)
     # Export fails, writing nothing, when an ONNX model's labels agree less often than this with PyTorch's.
     min_agreement: MinAgreement
 

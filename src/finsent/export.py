@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import numpy as np
-import onnx
+import pandas as pd
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -13,6 +12,7 @@ from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.config import ExportParams
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
+from finsent.quantization import quantize_int8, smooth_activations
 
 # Two texts of different lengths, so that neither the batch nor the sequence axis is traced as fixed.
 _SAMPLE_TEXTS = [
@@ -62,62 +62,67 @@ def export_onnx(model: PreTrainedModel, tokenizer, out_file: Path) -> None:
     )
 
 
-def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
-    """Dynamic quantization: int8 weights (a scale per output channel), activations quantized on the fly.
-
-    The feed-forward blocks (intermediate and output layers) stay fp32; the attention projections are
-    quantized. One activation scale per tensor cannot hold the outliers of the feed-forward activations:
-    quantizing the intermediate layers too flipped 1.05% of the validation labels of the committed model
-    (on a 2-core AMD EPYC), over the 1% that `export.min_agreement` allows; without them, 0.38%
-    (metrics/export.json). Weights use 7 bits (reduce_range): x86 CPUs without VNNI saturate in the
-    u8 x s8 products otherwise.
-    """
-    graph = onnx.load(fp32_file).graph
-    feed_forward = [
-        node.name
-        for node in graph.node
-        if node.op_type == "MatMul"
-        and ("/intermediate/dense/" in node.name or "/output/dense/" in node.name)
-        and "/attention/" not in node.name
-    ]
-    quantize_dynamic(
-        fp32_file,
-        int8_file,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-        nodes_to_exclude=feed_forward,
-    )
+def fidelity(probabilities: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """How closely one runtime's class probabilities follow the reference's on the same texts."""
+    difference = np.abs(probabilities - expected)
+    return {
+        "agreement_with_pytorch": float((probabilities.argmax(axis=1) == expected.argmax(axis=1)).mean()),
+        "max_abs_probability_difference": float(difference.max()),
+        "mean_abs_probability_difference": float(difference.mean()),
+    }
 
 
 def export_classifier(
-    model_dir: Path, out_dir: Path, texts: list[str], labels: np.ndarray, params: ExportParams
+    model_dir: Path,
+    out_dir: Path,
+    validation: pd.DataFrame,
+    dev_texts: list[str],
+    calibration_texts: list[str],
+    params: ExportParams,
 ) -> dict:
     """Export `model_dir` into `out_dir` (fp32 and int8 ONNX, tokenizer); metrics of both against PyTorch.
 
-    Raises FinsentError when an ONNX model's labels agree with PyTorch's on fewer of `texts` than
+    The int8 model is quantized from a smoothed copy (unless `params.smoothing_alpha` is None),
+    calibrated on `params.calibration_texts` texts spread evenly over `calibration_texts` (training
+    texts: the compared texts stay unseen). Each ONNX model is compared on `validation` (metrics, and
+    the gate) and on `dev_texts` (fidelity alone: what the export params are tuned on).
+
+    Raises FinsentError when an ONNX model's labels agree with PyTorch's on fewer validation texts than
     `params.min_agreement` asks (inside `atomic_dir`, nothing is then kept).
     """
+    texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     reference = TorchPredictor.from_dir(model_dir, params.batch_size)
-    expected = reference.predict_proba(texts)  # before merging, which rewrites the model's layers in place
+    # Before merging, which rewrites the model's layers in place.
+    expected, expected_dev = reference.predict_proba(texts), reference.predict_proba(dev_texts)
     metrics = {"pytorch": headline_metrics(labels, expected)}
     reference.tokenizer.save_pretrained(out_dir)
     reference.normalize.save(out_dir)
-    export_onnx(merged_model(reference), reference.tokenizer, out_dir / ONNX_FILES["onnx_fp32"])
-    quantize_int8(out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"])
+    model = merged_model(reference)
+    export_onnx(model, reference.tokenizer, out_dir / ONNX_FILES["onnx_fp32"])
+    if params.smoothing_alpha is None:
+        quantize_int8(out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"])
+    else:
+        step = max(1, len(calibration_texts) // params.calibration_texts)
+        calibration = reference.normalize(calibration_texts[::step][: params.calibration_texts])
+        smooth_activations(model, reference.tokenizer, calibration, params.smoothing_alpha)
+        smoothed_file = out_dir / "smoothed_fp32.onnx"  # quantizer input only, in atomic_dir's staging
+        export_onnx(model, reference.tokenizer, smoothed_file)
+        quantize_int8(smoothed_file, out_dir / ONNX_FILES["onnx_int8"])
+        smoothed_file.unlink()
     for backend, file_name in ONNX_FILES.items():
-        probabilities = OnnxPredictor(out_dir / file_name, params.batch_size).predict_proba(texts)
+        predictor = OnnxPredictor(out_dir / file_name, params.batch_size)
+        probabilities = predictor.predict_proba(texts)
         metrics[backend] = {
-            "agreement_with_pytorch": float((probabilities.argmax(axis=1) == expected.argmax(axis=1)).mean()),
-            "max_abs_probability_difference": float(np.abs(probabilities - expected).max()),
+            **fidelity(probabilities, expected),
             **headline_metrics(labels, probabilities),
             "file_mb": round((out_dir / file_name).stat().st_size / 2**20, 2),
+            "dev": fidelity(predictor.predict_proba(dev_texts), expected_dev),
         }
     for backend, minimum in params.min_agreement.model_dump().items():
         agreement = metrics[backend]["agreement_with_pytorch"]
         if agreement < minimum:
             raise FinsentError(
                 f"export.min_agreement.{backend}: the {backend} model gives PyTorch's label on "
-                f"{agreement:.2%} of the texts, under the {minimum:.2%} asked"
+                f"{agreement:.2%} of the validation texts, under the {minimum:.2%} asked"
             )
     return metrics
