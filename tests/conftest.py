@@ -186,6 +186,7 @@ def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
 
     from finsent.config import LoraParams
     from finsent.modeling import load_base_model, save_classifier, with_lora
+    from finsent.text import TextNormalization
 
     torch.manual_seed(0)
     model = with_lora(
@@ -196,7 +197,8 @@ def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn_like(parameter) * 0.5)
-    save_classifier(model.eval(), AutoTokenizer.from_pretrained(checkpoint), checkpoint, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    save_classifier(model.eval(), tokenizer, TextNormalization(), "tiny-bert", checkpoint, out_dir)
     return out_dir
 
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from finsent.checkpoints import resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
-from finsent.text import TextNormalization
+from finsent.text import NORMALIZATION_FILE, TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")
 EXPECTED_TARGETS = {
@@ -60,8 +62,17 @@ def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture, lora):
     with torch.no_grad():
         trained = model(**batch).logits
 
-    save_classifier(model, tokenizer, checkpoint, tmp_path / "models")
-    reloaded, reloaded_tokenizer = load_classifier(tmp_path / "models")
+    normalize = TextNormalization(url_replacement="http")
+    save_classifier(model, tokenizer, normalize, "tiny/checkpoint", checkpoint, tmp_path / "models")
+    reloaded, reloaded_tokenizer, reloaded_normalize = load_classifier(tmp_path / "models")
+    assert reloaded_normalize == normalize
+    # Files that name the base model name it as params.yaml does: no folder of this machine.
+    for file in (tmp_path / "models").rglob("*"):
+        if file.suffix in (".json", ".md"):
+            assert str(checkpoint) not in file.read_text(), file.name
+    if lora.enabled:
+        adapter_config = json.loads((tmp_path / "models" / "adapter_config.json").read_text())
+        assert adapter_config["base_model_name_or_path"] == "tiny/checkpoint"
     with torch.no_grad():
         again = reloaded(
             **reloaded_tokenizer(
@@ -131,7 +142,8 @@ def test_prediction_normalises_as_the_saved_model_was_trained(tmp_path):
     torch.manual_seed(0)
     model = with_lora(load_base_model(checkpoint), LORA)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    save_classifier(model, tokenizer, checkpoint, tmp_path / "models")
+    save_classifier(model, tokenizer, TextNormalization(), "tiny/checkpoint", checkpoint, tmp_path / "models")
+    (tmp_path / "models" / NORMALIZATION_FILE).unlink()  # as saved before normalisation existed
     two_links = ["$TSLA deliveries miss https://t.co/abcdef", "$TSLA deliveries miss https://t.co/Zy9Qk2"]
 
     assert TextNormalization.load(tmp_path / "models") == TextNormalization()  # no file: texts as they are

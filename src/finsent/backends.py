@@ -13,7 +13,7 @@ from scipy.special import softmax
 
 from finsent.config import LABELS
 from finsent.errors import FinsentError
-from finsent.text import TextNormalization
+from finsent.text import TextNormalization, load_text_processing
 
 Backend = Literal["onnx_int8", "onnx_fp32", "pytorch"]
 
@@ -58,7 +58,8 @@ class TorchPredictor(Predictor):
     def from_dir(cls, model_dir: Path, batch_size: int) -> "TorchPredictor":
         from finsent.modeling import load_classifier  # torch and peft load only for this backend
 
-        return cls(*load_classifier(model_dir), batch_size, TextNormalization.load(model_dir))
+        model, tokenizer, normalize = load_classifier(model_dir)
+        return cls(model, tokenizer, batch_size, normalize)
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -74,14 +75,13 @@ class OnnxPredictor(Predictor):
 
     def __init__(self, model_file: Path, batch_size: int):
         import onnxruntime
-        from transformers import AutoTokenizer
 
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
-        super().__init__(batch_size, TextNormalization.load(model_file.parent))
+        self.tokenizer, normalize = load_text_processing(model_file.parent)
+        super().__init__(batch_size, normalize)
         self.session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
-        self.tokenizer = AutoTokenizer.from_pretrained(model_file.parent)
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(texts, truncation=True, padding=True, return_tensors="np")

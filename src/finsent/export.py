@@ -13,6 +13,7 @@ from finsent.config import ExportParams
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.quantization import quantize_int8, smooth_activations
+from finsent.text import save_text_processing
 
 # Two texts of different lengths, so that neither the batch nor the sequence axis is traced as fixed.
 _SAMPLE_TEXTS = [
@@ -95,8 +96,7 @@ def export_classifier(
     # Before merging, which rewrites the model's layers in place.
     expected, expected_dev = reference.predict_proba(texts), reference.predict_proba(dev_texts)
     metrics = {"pytorch": headline_metrics(labels, expected)}
-    reference.tokenizer.save_pretrained(out_dir)
-    reference.normalize.save(out_dir)
+    save_text_processing(out_dir, reference.tokenizer, reference.normalize)
     model = merged_model(reference)
     export_onnx(model, reference.tokenizer, out_dir / ONNX_FILES["onnx_fp32"])
     if params.smoothing_alpha is None:

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from finsent.text import TextNormalization
+from finsent.text import TextNormalization, save_text_processing
 
 TOKENIZER_SUBDIR = "tokenizer"
 
@@ -35,8 +35,7 @@ def write_tokenized(
 ) -> None:
     for split, dataset in splits.items():
         dataset.to_parquet(out_dir / f"{split}.parquet")
-    tokenizer.save_pretrained(out_dir / TOKENIZER_SUBDIR)
-    normalize.save(out_dir / TOKENIZER_SUBDIR)
+    save_text_processing(out_dir / TOKENIZER_SUBDIR, tokenizer, normalize)
 
 
 def read_tokenized(in_dir: Path, split: str) -> Dataset:

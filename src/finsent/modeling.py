@@ -8,7 +8,6 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -16,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
+from finsent.text import TextNormalization, load_text_processing, save_text_processing
 
 LORA_TARGETS = {
     "bert": ["query", "key", "value", "dense"],
@@ -97,15 +97,19 @@ def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel | PreTrai
 def save_classifier(
     model: PeftModel | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
+    normalize: TextNormalization,
+    checkpoint: str,
     checkpoint_dir: Path,
     out_dir: Path,
 ) -> None:
-    """Write all that prediction needs, hub or no hub: base weights, adapter and head, tokenizer.
+    """Write all that prediction needs, hub or no hub: base weights, adapter and head, tokenizer and the
+    text normalisation before it. `checkpoint` is the base model's name as params.yaml gives it, and
+    `checkpoint_dir` the folder it resolved to.
 
     A fully fine-tuned model (LoRA off) is saved whole as the base, with no adapter.
     """
     base_dir = out_dir / BASE_SUBDIR
-    tokenizer.save_pretrained(out_dir)
+    save_text_processing(out_dir, tokenizer, normalize)
     if not isinstance(model, PeftModel):
         model.save_pretrained(base_dir)
         return
@@ -116,10 +120,19 @@ def save_classifier(
     for name in _WEIGHT_FILES:
         if (checkpoint_dir / name).is_file():
             shutil.copyfile(checkpoint_dir / name, base_dir / name)
+    # peft writes the folder the base was loaded from (inside site-packages or a hub cache) into the
+    # adapter's config and model card: the checkpoint's name instead, so that the output's files, and
+    # its hash in dvc.lock, are the same on every machine.
+    base = model.get_base_model()
+    base.config.name_or_path = base.name_or_path = checkpoint
+    for adapter in model.peft_config.values():
+        adapter.base_model_name_or_path = checkpoint
     model.save_pretrained(out_dir)
 
 
-def load_classifier(model_dir: Path) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase]:
+def load_classifier(
+    model_dir: Path,
+) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase, TextNormalization]:
     """Reload what `save_classifier` wrote, ready for inference."""
     model_dir = Path(model_dir)
     if not (model_dir / BASE_SUBDIR / "config.json").is_file():
@@ -128,4 +141,4 @@ def load_classifier(model_dir: Path) -> tuple[PeftModel | PreTrainedModel, PreTr
     if (model_dir / "adapter_config.json").is_file():
         model = PeftModel.from_pretrained(model, model_dir)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return model, *load_text_processing(model_dir)

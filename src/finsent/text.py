@@ -9,9 +9,13 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 NORMALIZATION_FILE = "text_normalization.json"
-"""Written beside the tokenizer (tokenize, train and export outputs), so that prediction does the same."""
+"""Written beside the tokenizer (tokenize, train and export outputs): see `save_text_processing`."""
 
 _LINK = re.compile(r"https?://\S+")
 
@@ -34,3 +38,22 @@ class TextNormalization:
         """What `save` wrote in `folder`; none (texts as they are) for a folder without the file."""
         file = Path(folder) / NORMALIZATION_FILE
         return cls(**json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else cls()
+
+
+def save_text_processing(
+    folder: Path, tokenizer: "PreTrainedTokenizerBase", normalize: TextNormalization
+) -> None:
+    """How a text becomes model input, saved as one: the normalisation and then the tokenizer.
+
+    Every output that holds a model (tokenize, train, export) has both, so that prediction turns a text
+    into exactly the tokens that training saw.
+    """
+    tokenizer.save_pretrained(folder)
+    normalize.save(folder)
+
+
+def load_text_processing(folder: Path) -> tuple["PreTrainedTokenizerBase", TextNormalization]:
+    """The tokenizer and normalisation that `save_text_processing` wrote in `folder`."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), TextNormalization.load(folder)

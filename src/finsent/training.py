@@ -9,7 +9,6 @@ from datasets import Dataset
 from dvclive import Live
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import (
-    AutoTokenizer,
     DataCollatorWithPadding,
     EvalPrediction,
     Trainer,
@@ -24,7 +23,7 @@ from finsent.distributed import shared_tempdir
 from finsent.features import TOKENIZER_SUBDIR, read_tokenized
 from finsent.metrics import headline_metrics
 from finsent.modeling import load_base_model, save_classifier, with_lora
-from finsent.text import TextNormalization
+from finsent.text import load_text_processing
 
 SELECTION_METRIC = "macro_f1"
 
@@ -134,7 +133,7 @@ def train_classifier(
     checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
     set_seed(params.train.seed)  # before the head is initialised
     model = with_lora(load_base_model(checkpoint_dir), params.lora)
-    tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
+    tokenizer, normalize = load_text_processing(tokenized_dir / TOKENIZER_SUBDIR)
     train_set = read_tokenized(tokenized_dir, "train")
     with shared_tempdir(prefix="finsent-checkpoints-") as scratch:
         trainer = Trainer(
@@ -168,6 +167,5 @@ def train_classifier(
         },
     }
     live.summary.update(summary)
-    save_classifier(trainer.model, tokenizer, checkpoint_dir, model_dir)
-    TextNormalization.load(tokenized_dir / TOKENIZER_SUBDIR).save(model_dir)  # prediction normalises alike
+    save_classifier(trainer.model, tokenizer, normalize, params.model.checkpoint, checkpoint_dir, model_dir)
     return summary
