@@ -69,13 +69,25 @@ async def _clients(base_url: str, texts: list[str], clients: int) -> tuple[list[
         return latencies, errors, time.perf_counter() - start
 
 
-def over_http(backend: str, model_dir: Path, exported_dir: Path, texts: list[str], clients: int) -> dict:
-    """Single-text requests to a fresh `finsent-serve --backend <backend>` from `clients` clients at once."""
+def over_http(
+    backend: str,
+    model_dir: Path,
+    exported_dir: Path,
+    texts: list[str],
+    clients: int,
+    model_threads: int | None,
+) -> dict:
+    """Single-text requests to a fresh `finsent-serve --backend <backend>` from `clients` clients at once.
+
+    `model_threads` None leaves the server its params.yaml setting.
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "finsent.serve", "--backend", backend, "--port", str(port)]
     command += ["--model-dir", str(model_dir), "--exported-dir", str(exported_dir)]
+    if model_threads is not None:
+        command += ["--model-threads", str(model_threads)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -109,16 +121,28 @@ def main() -> None:
     parser.add_argument("--exported-dir", type=Path, default=Path("exported"))
     parser.add_argument("--single", type=int, default=500, help="texts timed one by one in process")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument(
+        "--server-model-threads",
+        type=int,
+        help="the server's --model-threads (default: its params.yaml setting, serve.model_threads)",
+    )
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
     texts = read_jsonl(args.texts)["text"].tolist()
     results = {}
-    for backend in BACKENDS:
+    for backend in args.backends:
         results[backend] = in_process(backend, args.model_dir, args.exported_dir, texts, args.single)
-        results[backend] |= over_http(backend, args.model_dir, args.exported_dir, texts, args.clients)
+        results[backend] |= over_http(
+            backend, args.model_dir, args.exported_dir, texts, args.clients, args.server_model_threads
+        )
         print(backend, json.dumps(results[backend]), file=sys.stderr)
 
-    print(f"{len(texts)} texts of {args.texts}; {os.cpu_count()} CPUs; HTTP: {args.clients} clients\n")
+    threads = "params.yaml's" if args.server_model_threads is None else args.server_model_threads
+    print(
+        f"{len(texts)} texts of {args.texts}; {os.cpu_count()} CPUs; "
+        f"HTTP: {args.clients} clients, server model threads: {threads}\n"
+    )
     print(
         "| backend | batch 1 (texts/s) | batch 32 (texts/s) | single text p50 / p99 (ms) "
         f"| HTTP p50 / p99 (ms) | HTTP texts/s | HTTP errors |\n|{'---|' * 7}"

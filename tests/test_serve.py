@@ -122,3 +122,23 @@ def test_openapi_schema_states_the_limits(server):
     assert set(schema["paths"]) == {"/healthz", "/readyz", "/v1/predict"}
     texts = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
     assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 50)
+
+
+def test_model_threads_reach_the_runtime(exported_project):
+    model_file = exported_project / "exported" / ONNX_FILES["onnx_int8"]
+    assert OnnxPredictor(model_file, 32, threads=1).session.get_session_options().intra_op_num_threads == 1
+    assert OnnxPredictor(model_file, 32).session.get_session_options().intra_op_num_threads == 0  # all cores
+
+
+def test_negative_model_threads_stop_the_server_before_it_starts(exported_project):
+    result = subprocess.run(
+        [*finsent_command("serve"), "--model-threads", "-1"],
+        cwd=exported_project,
+        env={**os.environ, **SOURCE_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.endswith("error: --model-threads: -1 is negative (0 means every core)\n")
+    assert "Traceback" not in result.stderr

@@ -73,14 +73,16 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     """An exported model on ONNX Runtime (CPU), tokenized exactly as the PyTorch backend tokenizes."""
 
-    def __init__(self, model_file: Path, batch_size: int):
+    def __init__(self, model_file: Path, batch_size: int, threads: int = 0):
         import onnxruntime
 
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
         self.tokenizer, normalize = load_text_processing(model_file.parent)
         super().__init__(batch_size, normalize)
-        self.session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
@@ -89,11 +91,20 @@ class OnnxPredictor(Predictor):
         return logits
 
 
-def load_predictor(backend: Backend, model_dir: Path, exported_dir: Path, batch_size: int) -> Predictor:
-    """The classifier on `backend`: PyTorch reads the train stage's `model_dir`, ONNX the export stage's."""
+def load_predictor(
+    backend: Backend, model_dir: Path, exported_dir: Path, batch_size: int, threads: int = 0
+) -> Predictor:
+    """The classifier on `backend`: PyTorch reads the train stage's `model_dir`, ONNX the export stage's.
+
+    `threads`: the cores one model run may use; 0 leaves the runtime's default (every core).
+    """
     if backend == "pytorch":
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)  # for the whole process: PyTorch has no per-model setting
         return TorchPredictor.from_dir(Path(model_dir), batch_size)
-    return OnnxPredictor(Path(exported_dir) / ONNX_FILES[backend], batch_size)
+    return OnnxPredictor(Path(exported_dir) / ONNX_FILES[backend], batch_size, threads)
 
 
 def model_folder(backend: Backend, model_dir: Path, exported_dir: Path) -> Path:

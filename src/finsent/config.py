@@ -99,6 +99,8 @@ class ExportParams(_Section):
 class ServeParams(_Section):
     backend: Literal["onnx_int8", "onnx_fp32", "pytorch"]
     batch_size: int = Field(gt=0)
+    # Cores one model run of finsent-serve uses (0: every core, as finsent-predict uses).
+    model_threads: int = Field(ge=0)
     host: str
     port: int = Field(ge=0, lt=65536)
     max_texts: int = Field(gt=0)

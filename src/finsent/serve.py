@@ -34,9 +34,9 @@ def create_app(predictor: Predictor, backend: Backend, version: str | None, para
     )
     app.state.ready = False
     PredictRequest = predict_request(params.max_texts, params.max_text_chars)
-    # One model run at a time: the runtimes already use every core for one run, and concurrent runs
-    # fight over them. Requests are not batched together either: an int8 model's result for a text
-    # would then depend on the texts of other requests (activations are quantized per batch).
+    # One model run at a time, on `serve.model_threads` cores; the others parse and answer HTTP
+    # meanwhile. Requests are not batched together: an int8 model's result for a text would then
+    # depend on the texts of other requests (activations are quantized per batch).
     model_lock = threading.Lock()
 
     @app.get("/healthz", summary="The process is up")
@@ -77,13 +77,23 @@ def main() -> None:
         default=params.backend,
         help=f"runtime and model (default from params.yaml: {params.backend})",
     )
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=params.model_threads,
+        help=f"cores one model run uses, 0 for all (default from params.yaml: {params.model_threads})",
+    )
     parser.add_argument("--host", default=params.host)
     parser.add_argument("--port", type=int, default=params.port)
     parser.add_argument("--model-dir", type=Path, default=Path("models"), help="train stage output")
     parser.add_argument("--exported-dir", type=Path, default=Path("exported"), help="export stage output")
     args = parser.parse_args()
+    if args.model_threads < 0:
+        parser.error(f"--model-threads: {args.model_threads} is negative (0 means every core)")
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
-    predictor = load_predictor(args.backend, args.model_dir, args.exported_dir, params.batch_size)
+    predictor = load_predictor(
+        args.backend, args.model_dir, args.exported_dir, params.batch_size, args.model_threads
+    )
     version = model_version(model_folder(args.backend, args.model_dir, args.exported_dir))
     app = create_app(predictor, args.backend, version, params)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
