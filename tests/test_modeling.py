@@ -73,6 +73,8 @@ def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture, lora):
     if lora.enabled:
         adapter_config = json.loads((tmp_path / "models" / "adapter_config.json").read_text())
         assert adapter_config["base_model_name_or_path"] == "tiny/checkpoint"
+        targets = adapter_config["target_modules"]
+        assert targets == sorted(targets) and len(targets) > 1  # not in the hash seed's order
     with torch.no_grad():
         again = reloaded(
             **reloaded_tokenizer(
