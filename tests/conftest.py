@@ -32,6 +32,7 @@ def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
 
     `architecture` is "bert" or "deberta-v2" (the architecture of DeBERTa-v3 checkpoints).
     """
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(MINILM))
@@ -43,6 +44,7 @@ def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
         "intermediate_size": 64,
         "max_position_embeddings": 128,
     }
+    torch.manual_seed(0)  # the same random weights in every test session
     if architecture == "bert":
         model = BertModel(BertConfig(**sizes))
     else:
