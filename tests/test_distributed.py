@@ -53,7 +53,7 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
         # Links kept, as when the tolerance below was measured. With links replaced by one word (the
         # default) the tiny model's runs spread more: 1 and 2 processes differed by up to 0.11 in
         # dev log-loss over a few unseeded tiny models, 0.036 and 0.012 for seeds 42 and 1 of the
-        # seeded one (0.004 and 0.011 with links kept).
+        # seeded one (0.004 and 0.011 with links kept): this test with train.seed set to each.
         tokenize__url_replacement=None,
     )
     env = {**SOURCE_ENV, MIRROR_ENV: str(mirror)}

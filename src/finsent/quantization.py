@@ -2,7 +2,7 @@
 
 Dynamic quantization gives each activation tensor one int8 range, computed on the fly. A BERT encoder's
 activations have a few channels far larger than the rest, so one range leaves the others a handful of
-levels: quantizing every linear layer of the committed model as it is flipped 1.15% of the dev labels.
+levels: quantizing every linear layer of the committed model as it is flipped 1.16% of the dev labels.
 SmoothQuant (Xiao et al., 2023) moves that spread from the activations into the weights, whose ranges are
 per output channel: input channel j of a linear layer is divided by s_j and its weight column multiplied
 by s_j, which leaves the fp32 result unchanged. ONNX Runtime applies it only inside static quantization,
