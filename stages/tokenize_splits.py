@@ -26,7 +26,10 @@ def main() -> None:
     params = load_params()
     checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
-    normalize = TextNormalization(url_replacement=params.tokenize.url_replacement)
+    normalize = TextNormalization(
+        url_replacement=params.tokenize.url_replacement,
+        cashtag_replacement=params.tokenize.cashtag_replacement,
+    )
     splits = {
         split: tokenize_frame(read_jsonl(args.raw_dir / f"{split}.jsonl"), tokenizer, normalize)
         for split in ("train", "dev")

@@ -139,6 +139,15 @@ def test_links_become_one_word_and_nothing_else_changes():
     assert TextNormalization()(texts) == texts
 
 
+def test_cashtags_become_one_word_and_prices_stay():
+    normalize = TextNormalization(url_replacement="http", cashtag_replacement="ticker")
+    texts = ["$ESNT $MTG - Move into $BRK.B. Gold at $1,600, $AAPL: up https://t.co/XKcPDilIuU"]
+    assert normalize(texts) == ["ticker ticker - Move into ticker. Gold at $1,600, ticker: up http"]
+    assert TextNormalization(url_replacement="http")(texts) == [
+        texts[0].replace("https://t.co/XKcPDilIuU", "http")
+    ]
+
+
 def test_prediction_normalises_as_the_saved_model_was_trained(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
     torch.manual_seed(0)

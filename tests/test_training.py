@@ -22,6 +22,7 @@ def train_params(**changes) -> TrainParams:
         "weight_decay": 0.0,
         "class_weights": "none",
         "label_smoothing": 0.0,
+        "focal_gamma": 0.0,
         "seed": 0,
     }
     return TrainParams(**(values | changes))
@@ -53,3 +54,29 @@ def test_label_smoothing_penalises_certainty():
     confident = [[0.0, 0.0, 30.0]]
     assert loss_of(train_params(), confident, [2]) == pytest.approx(0.0, abs=1e-6)
     assert loss_of(train_params(label_smoothing=0.1), confident, [2]) > 0.5
+
+
+@pytest.mark.parametrize("class_weights", ["none", "balanced"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_without_focus_the_loss_is_torchs_mean_cross_entropy(class_weights, label_smoothing):
+    logits = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.2, -0.3], [0.0, 2.5, 0.1], [0.3, 0.3, 0.9]])
+    labels = torch.tensor([2, 0, 1, 0])
+    params = train_params(class_weights=class_weights, label_smoothing=label_smoothing)
+    weight = torch.tensor([10 / 3, 10 / 9, 10 / 18]) if class_weights == "balanced" else None
+    expected = torch.nn.functional.cross_entropy(
+        logits, labels, weight=weight, label_smoothing=label_smoothing
+    )
+    assert loss_of(params, logits.tolist(), labels.tolist()) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_focal_loss_discounts_easy_tweets_more_than_hard_ones():
+    easy, hard = [[0.0, 0.0, 3.0]], [[0.0, 0.0, -1.0]]  # Neutral at p = 0.91 and at p = 0.12
+    for logits in (easy, hard):
+        p = torch.softmax(torch.tensor(logits[0]), dim=0)[2].item()
+        focal = loss_of(train_params(focal_gamma=2.0), logits, [2])
+        assert focal == pytest.approx((1 - p) ** 2 * -math.log(p), rel=1e-5)
+    ratio = {
+        name: loss_of(train_params(focal_gamma=2.0), logits, [2]) / loss_of(train_params(), logits, [2])
+        for name, logits in (("easy", easy), ("hard", hard))
+    }
+    assert ratio["easy"] < 0.01 < 0.7 < ratio["hard"]

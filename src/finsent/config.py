@@ -39,6 +39,8 @@ class TokenizeParams(_Section):
     max_length: int = Field(gt=8, le=4096)
     # The word that replaces each link (https://...) before tokenizing; null keeps links (see text.py).
     url_replacement: str | None
+    # The word that replaces each cashtag ($AAPL) before tokenizing; null keeps them.
+    cashtag_replacement: str | None
 
 
 class LoraParams(_Section):
@@ -63,6 +65,9 @@ class TrainParams(_Section):
     # Loss: "balanced" weighs each class by the inverse of its share of train (Neutral is 65% of it).
     class_weights: Literal["none", "balanced"]
     label_smoothing: float = Field(ge=0, lt=1)
+    # Focal loss's gamma: each tweet's loss scaled by (1 - p)^gamma, p its class's probability, so
+    # that the many easy (mostly Neutral) tweets weigh less; 0 is plain cross-entropy.
+    focal_gamma: float = Field(ge=0)
     seed: int
 
     @field_validator("num_processes")

@@ -3,6 +3,9 @@
 A link in a tweet (https://t.co/XKcPDilIuU) is random characters: about fifteen word pieces that carry no
 sentiment, 29% of all the tokens of the training split. Replaced by one word, as BERTweet does, it still
 says that a link was there, and training and prediction run on shorter sequences.
+
+A cashtag ($AAPL, $BRK.B) names a company: replaced by one word, the model must judge the news
+rather than the ticker, which recurs between tweets of one story and means nothing about a new one.
 """
 
 import json
@@ -18,17 +21,23 @@ NORMALIZATION_FILE = "text_normalization.json"
 """Written beside the tokenizer (tokenize, train and export outputs): see `save_text_processing`."""
 
 _LINK = re.compile(r"https?://\S+")
+# A dollar sign and a letter: $AAPL, $BRK.B, $ECONX; a price ($1,600) starts with a digit.
+_CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z]+)?")
 
 
 @dataclass(frozen=True)
 class TextNormalization:
     url_replacement: str | None = None
     """The word that replaces every link; None keeps links as they are."""
+    cashtag_replacement: str | None = None
+    """The word that replaces every cashtag; None keeps them as they are."""
 
     def __call__(self, texts: list[str]) -> list[str]:
-        if self.url_replacement is None:
-            return list(texts)
-        return [_LINK.sub(self.url_replacement, text) for text in texts]
+        texts = list(texts)
+        for pattern, replacement in ((_LINK, self.url_replacement), (_CASHTAG, self.cashtag_replacement)):
+            if replacement is not None:
+                texts = [pattern.sub(replacement, text) for text in texts]
+        return texts
 
     def save(self, folder: Path) -> None:
         (Path(folder) / NORMALIZATION_FILE).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")

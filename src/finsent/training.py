@@ -57,7 +57,7 @@ def _dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
 
 
 def classification_loss(params: TrainParams, train_set: Dataset) -> Callable:
-    """Cross-entropy weighted and smoothed as `params` say: Trainer's compute_loss_func."""
+    """Cross-entropy weighted, smoothed and focused as `params` say: Trainer's compute_loss_func."""
     weights = None
     if params.class_weights == "balanced":
         classes = np.arange(len(LABELS))
@@ -68,12 +68,22 @@ def classification_loss(params: TrainParams, train_set: Dataset) -> Callable:
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"].float()
-        return torch.nn.functional.cross_entropy(
+        per_tweet = torch.nn.functional.cross_entropy(
             logits,
             labels,
             weight=None if weights is None else weights.to(logits.device),
             label_smoothing=params.label_smoothing,
+            reduction="none",
         )
+        if params.focal_gamma:
+            # Focal loss (Lin et al., 2017), written here: torch and torchvision have only its binary
+            # form. The probability is detached, as a weight: the gradient is cross-entropy's, scaled.
+            p_true = torch.softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1).detach()
+            per_tweet = per_tweet * (1 - p_true) ** params.focal_gamma
+        if weights is None:
+            return per_tweet.mean()
+        # As cross_entropy's own weighted mean: divided by the weights of the batch's classes.
+        return per_tweet.sum() / weights.to(logits.device)[labels].sum()
 
     return loss
 
