@@ -68,22 +68,19 @@ def classification_loss(params: TrainParams, train_set: Dataset) -> Callable:
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"].float()
+        weight = None if weights is None else weights.to(logits.device)
+        smoothing = params.label_smoothing
+        if not params.focal_gamma:
+            return torch.nn.functional.cross_entropy(logits, labels, weight=weight, label_smoothing=smoothing)
+        # Focal loss (Lin et al., 2017), written here: torch and torchvision have only its binary
+        # form. The probability is detached, as a weight: the gradient is cross-entropy's, scaled.
         per_tweet = torch.nn.functional.cross_entropy(
-            logits,
-            labels,
-            weight=None if weights is None else weights.to(logits.device),
-            label_smoothing=params.label_smoothing,
-            reduction="none",
+            logits, labels, weight=weight, label_smoothing=smoothing, reduction="none"
         )
-        if params.focal_gamma:
-            # Focal loss (Lin et al., 2017), written here: torch and torchvision have only its binary
-            # form. The probability is detached, as a weight: the gradient is cross-entropy's, scaled.
-            p_true = torch.softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1).detach()
-            per_tweet = per_tweet * (1 - p_true) ** params.focal_gamma
-        if weights is None:
-            return per_tweet.mean()
-        # As cross_entropy's own weighted mean: divided by the weights of the batch's classes.
-        return per_tweet.sum() / weights.to(logits.device)[labels].sum()
+        p_true = torch.softmax(logits, dim=-1).gather(1, labels[:, None]).squeeze(1).detach()
+        focused = per_tweet * (1 - p_true) ** params.focal_gamma
+        # The mean as cross_entropy takes it: over the weights of the batch's classes, if weighted.
+        return focused.mean() if weight is None else focused.sum() / weight[labels].sum()
 
     return loss
 
