@@ -98,6 +98,17 @@ def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
     params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
     assert params["train"]["learning_rate"] == 1e-5
 
+    # The sweep summary groups it by its one change from the defaults (the committed params.yaml;
+    # `dvc exp run` left the experiment's in the workspace). The commit itself has no run yet.
+    run(["git", "checkout", "--", "params.yaml"], cwd=repo)
+    table = run(["finsent-sweep-summary", "--rev", "HEAD"], cwd=repo).stdout.splitlines()
+    dev = metrics(repo)["dev"]
+    assert len(table) == 3
+    assert table[2].startswith(f"| `train.learning_rate=1e-05` | 1 | 42 | {dev['macro_f1']:.3f} |")
+    failed = run(["finsent-sweep-summary", "--rev", "no-such-rev"], cwd=repo, check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: dvc exp show failed: ") and failed.stderr.count("\n") == 1
+
 
 def test_bad_checkpoint_stops_repro_with_one_line(pipeline_repo):
     edit_params(pipeline_repo, model__checkpoint="nobody/no-such-model")

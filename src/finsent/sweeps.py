@@ -1,0 +1,143 @@
+"""A sweep's runs grouped by what they change from params.yaml, with the spread over seeds.
+
+    finsent-sweep-summary --rev REV [--rev REV ...]
+
+Reads `dvc exp show --json` for the commits given: each commit's own run and its experiments. Runs
+are grouped by the training params (model, tokenize, lora, train) in which they differ from the
+workspace's params.yaml, the seed left aside, and each group gets one row of a Markdown table: runs,
+seeds, dev macro-F1 mean and range, dev accuracy, the epochs chosen, each run's time in Trainer.
+`scripts/exp_table.sh` lists the runs one by one; this is the view that says whether a change beats
+the spread of seeds.
+
+Dev only: every choice is made on dev, and an experiment run up to `train` carries its base commit's
+validation metrics, which are not its own.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from finsent.errors import FinsentError, run_cli
+
+TRAINING_SECTIONS = ("model", "tokenize", "lora", "train")
+"""The params that the train stage and those before it read: what a run's dev metrics depend on."""
+TRAIN_METRICS = "metrics/train/metrics.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    change: str
+    seed: int
+    dev_macro_f1: float
+    dev_accuracy: float
+    best_epoch: int
+    train_seconds: float
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 3}} as {"train.epochs": 3}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe_change(params: dict, defaults: dict) -> str:
+    """The training params of a run that differ from `defaults`, as `key=value`, seed left aside.
+
+    A key that the run's revision did not have yet is not a change: it had the default's behaviour.
+    """
+    run_params = flatten({section: params.get(section, {}) for section in TRAINING_SECTIONS})
+    changes = [
+        f"{key}={'null' if value is None else value}"
+        for key, value in sorted(run_params.items())
+        if key != "train.seed" and key in defaults and value != defaults[key]
+    ]
+    return " ".join(changes) or "none (params.yaml)"
+
+
+def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
+    """Every finished run in `dvc exp show --json` output, once (the same run can be under two revisions)."""
+    found = {}
+    for commit in shown:
+        if commit["rev"] == "workspace":
+            continue
+        entries = [(commit["rev"][:7], commit["data"])]
+        for experiment in commit.get("experiments") or []:
+            entries += [(rev["name"] or rev["rev"][:7], rev["data"]) for rev in experiment["revs"]]
+        for name, data in entries:
+            summary = ((data or {}).get("metrics") or {}).get(TRAIN_METRICS, {}).get("data")
+            if not summary or "dev" not in summary:
+                continue  # queued, failed, or a commit without a run
+            params = data["params"]["params.yaml"]["data"]
+            run = Run(
+                name=name,
+                change=describe_change(params, defaults),
+                seed=params["train"]["seed"],
+                dev_macro_f1=summary["dev"]["macro_f1"],
+                dev_accuracy=summary["dev"]["accuracy"],
+                best_epoch=summary["best_epoch"],
+                train_seconds=summary["train"]["runtime_s"],
+            )
+            # Experiments that change a later stage only (export) carry their base's train metrics.
+            found.setdefault((run.change, run.seed, run.dev_macro_f1, run.train_seconds), run)
+    return list(found.values())
+
+
+def summary_table(runs: list[Run]) -> str:
+    """One Markdown row a change, best mean dev macro-F1 first."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.change, []).append(run)
+    rows = sorted(groups.items(), key=lambda item: -statistics.mean(r.dev_macro_f1 for r in item[1]))
+    lines = [
+        "| change from params.yaml | runs | seeds | dev macro-F1, mean | range | dev accuracy, mean "
+        "| epoch chosen | time in Trainer (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for change, group in rows:
+        f1 = [run.dev_macro_f1 for run in group]
+        lines.append(
+            f"| `{change}` | {len(group)} | {', '.join(str(run.seed) for run in group)} "
+            f"| {statistics.mean(f1):.3f} | {min(f1):.3f} to {max(f1):.3f} "
+            f"| {statistics.mean(run.dev_accuracy for run in group):.3f} "
+            f"| {', '.join(str(run.best_epoch) for run in group)} "
+            f"| {', '.join(f'{run.train_seconds:.0f}' for run in group)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rev", action="append", required=True, help="a commit whose experiments to read")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the defaults")
+    args = parser.parse_args(argv)
+    command = ["dvc", "exp", "show", "--json", "--no-fetch"]
+    for rev in args.rev:
+        command += ["--rev", rev]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FinsentError(f"dvc exp show failed: {last_line}")
+    try:
+        defaults = flatten(YAML(typ="safe").load(args.params.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise FinsentError(f"{args.params}: file not found") from None
+    runs = runs_of(json.loads(result.stdout), defaults)
+    if not runs:
+        raise FinsentError(f"no finished runs under {', '.join(args.rev)}")
+    print(summary_table(runs))
+
+
+def cli() -> None:
+    """The `finsent-sweep-summary` command: main() with expected errors as one line."""
+    run_cli(main)
