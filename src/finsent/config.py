@@ -38,9 +38,12 @@ class ModelParams(_Section):
 class TokenizeParams(_Section):
     max_length: int = Field(gt=8, le=4096)
     # The word that replaces each link (https://...) before tokenizing; null keeps links (see text.py).
-    url_replacement: str | None
+    # These two, train.num_processes and train.focal_gamma default to what runs did before the keys
+    # existed, so that a run's own record of its params (metrics/train/params.yaml) from an older
+    # commit still reads as what it ran.
+    url_replacement: str | None = None
     # The word that replaces each cashtag ($AAPL) before tokenizing; null keeps them.
-    cashtag_replacement: str | None
+    cashtag_replacement: str | None = None
 
 
 class LoraParams(_Section):
@@ -60,14 +63,14 @@ class TrainParams(_Section):
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # the global batch, split evenly among the processes
     # Data-parallel processes (torchrun): GPUs, one each, or CPU processes sharing the cores.
-    num_processes: int = Field(gt=0)
+    num_processes: int = Field(1, gt=0)
     weight_decay: float = Field(ge=0)
     # Loss: "balanced" weighs each class by the inverse of its share of train (Neutral is 65% of it).
     class_weights: Literal["none", "balanced"]
     label_smoothing: float = Field(ge=0, lt=1)
     # Focal loss's gamma: each tweet's loss scaled by (1 - p)^gamma, p its class's probability, so
     # that the many easy (mostly Neutral) tweets weigh less; 0 is plain cross-entropy.
-    focal_gamma: float = Field(ge=0)
+    focal_gamma: float = Field(0.0, ge=0)
     seed: int
 
     @field_validator("num_processes")

@@ -4,29 +4,35 @@
 
 Reads `dvc exp show --json` for the commits given: each commit's own run and its experiments. Runs
 are grouped by the training params (model, tokenize, lora, train) in which they differ from the
-workspace's params.yaml, the seed left aside, and each group gets one row of a Markdown table: runs,
-seeds, dev macro-F1 mean and range, dev accuracy, the epochs chosen, each run's time in Trainer.
-`scripts/exp_table.sh` lists the runs one by one; this is the view that says whether a change beats
-the spread of seeds.
+workspace's params.yaml, the seed left aside. A run's params are those it recorded beside its
+metrics (`metrics/train/params.yaml`), since a commit's params.yaml can be newer than its run. Each
+group gets one row of a Markdown table: runs, seeds, dev macro-F1 mean and range, dev accuracy, the
+epochs chosen, each run's time in Trainer. `scripts/exp_table.sh` lists the runs one by one; this is
+the view that says whether a change beats the spread of seeds.
 
 Dev only: every choice is made on dev, and an experiment run up to `train` carries its base commit's
 validation metrics, which are not its own.
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
 from ruamel.yaml import YAML
 
+from finsent.config import LoraParams, ModelParams, TokenizeParams, TrainParams
 from finsent.errors import FinsentError, run_cli
 
 TRAINING_SECTIONS = ("model", "tokenize", "lora", "train")
 """The params that the train stage and those before it read: what a run's dev metrics depend on."""
 TRAIN_METRICS = "metrics/train/metrics.json"
+TRAIN_PARAMS = "metrics/train/params.yaml"
+SECTION_MODELS = {"model": ModelParams, "tokenize": TokenizeParams, "lora": LoraParams, "train": TrainParams}
 
 
 @dataclass(frozen=True)
@@ -51,18 +57,32 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def describe_change(params: dict, defaults: dict) -> str:
-    """The training params of a run that differ from `defaults`, as `key=value`, seed left aside.
+def training_params(raw: dict) -> dict:
+    """The training sections of params, flat, with the defaults of keys that did not exist yet."""
+    sections = {section: raw.get(section, {}) for section in TRAINING_SECTIONS}
+    with contextlib.suppress(ValidationError):  # a key since removed: compared as recorded
+        sections = {
+            section: SECTION_MODELS[section].model_validate(values).model_dump()
+            for section, values in sections.items()
+        }
+    return flatten(sections)
 
-    A key that the run's revision did not have yet is not a change: it had the default's behaviour.
-    """
-    run_params = flatten({section: params.get(section, {}) for section in TRAINING_SECTIONS})
+
+def describe_change(params: dict, defaults: dict) -> str:
+    """The params that differ from `defaults` (both from `training_params`), as `key=value`, seed aside."""
+    unrecorded = object()
     changes = [
-        f"{key}={'null' if value is None else value}"
-        for key, value in sorted(run_params.items())
-        if key != "train.seed" and key in defaults and value != defaults[key]
+        f"{key}={'unrecorded' if value is unrecorded else 'null' if value is None else value}"
+        for key in sorted(params.keys() | defaults.keys())
+        if key != "train.seed" and (value := params.get(key, unrecorded)) != defaults.get(key)
     ]
     return " ".join(changes) or "none (params.yaml)"
+
+
+def recorded_params(rev: str) -> dict | None:
+    """The params a revision's train stage ran with, as it recorded them; None if it has no record."""
+    shown = subprocess.run(["git", "show", f"{rev}:{TRAIN_PARAMS}"], capture_output=True, text=True)
+    return YAML(typ="safe").load(shown.stdout) if shown.returncode == 0 else None
 
 
 def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
@@ -71,18 +91,21 @@ def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
     for commit in shown:
         if commit["rev"] == "workspace":
             continue
-        entries = [(commit["rev"][:7], commit["data"])]
+        entries = [(commit["rev"][:7], commit["rev"], commit["data"])]
         for experiment in commit.get("experiments") or []:
-            entries += [(rev["name"] or rev["rev"][:7], rev["data"]) for rev in experiment["revs"]]
-        for name, data in entries:
+            entries += [
+                (rev["name"] or rev["rev"][:7], rev["rev"], rev["data"]) for rev in experiment["revs"]
+            ]
+        for name, rev, data in entries:
             summary = ((data or {}).get("metrics") or {}).get(TRAIN_METRICS, {}).get("data")
-            if not summary or "dev" not in summary:
+            params = recorded_params(rev) if summary and "dev" in summary else None
+            if params is None:
                 continue  # queued, failed, or a commit without a run
-            params = data["params"]["params.yaml"]["data"]
+            params = training_params(params)
             run = Run(
                 name=name,
                 change=describe_change(params, defaults),
-                seed=params["train"]["seed"],
+                seed=params["train.seed"],
                 dev_macro_f1=summary["dev"]["macro_f1"],
                 dev_accuracy=summary["dev"]["accuracy"],
                 best_epoch=summary["best_epoch"],
@@ -129,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise FinsentError(f"dvc exp show failed: {last_line}")
     try:
-        defaults = flatten(YAML(typ="safe").load(args.params.read_text(encoding="utf-8")))
+        defaults = training_params(YAML(typ="safe").load(args.params.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise FinsentError(f"{args.params}: file not found") from None
     runs = runs_of(json.loads(result.stdout), defaults)

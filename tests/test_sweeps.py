@@ -1,0 +1,44 @@
+from conftest import PROJECT
+from ruamel.yaml import YAML
+
+from finsent.sweeps import Run, describe_change, summary_table, training_params
+
+DEFAULTS = training_params(YAML(typ="safe").load((PROJECT / "params.yaml").read_text()))
+
+
+def recorded(**changes) -> dict:
+    """The project's params as a run records them (metrics/train/params.yaml), with `changes`."""
+    params = YAML(typ="safe").load((PROJECT / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    return params
+
+
+def test_a_run_differs_by_its_changed_params_and_never_by_its_seed():
+    assert describe_change(training_params(recorded(train__seed=7)), DEFAULTS) == "none (params.yaml)"
+    changed = training_params(recorded(train__epochs=5, lora__r=8))
+    assert describe_change(changed, DEFAULTS) == "lora.r=8 train.epochs=5"
+
+
+def test_an_older_record_reads_as_what_it_ran():
+    old = recorded()
+    del old["tokenize"]["url_replacement"], old["tokenize"]["cashtag_replacement"]
+    del old["train"]["focal_gamma"], old["train"]["num_processes"]
+    # Before those keys existed links were kept, and nothing else differed from today's defaults.
+    assert describe_change(training_params(old), DEFAULTS) == "tokenize.url_replacement=null"
+    del old["lora"]["dropout"]  # a key that has no default: not taken as the default
+    assert "lora.dropout=unrecorded" in describe_change(training_params(old), DEFAULTS)
+
+
+def test_summary_has_a_row_a_change_best_mean_first():
+    runs = [
+        Run("a", "none (params.yaml)", 42, 0.82, 0.86, 3, 270.0),
+        Run("b", "none (params.yaml)", 1, 0.84, 0.88, 3, 280.0),
+        Run("c", "train.epochs=5", 42, 0.835, 0.87, 4, 490.0),
+    ]
+    rows = summary_table(runs).splitlines()[2:]
+    assert rows == [
+        "| `train.epochs=5` | 1 | 42 | 0.835 | 0.835 to 0.835 | 0.870 | 4 | 490 |",
+        "| `none (params.yaml)` | 2 | 42, 1 | 0.830 | 0.820 to 0.840 | 0.870 | 3, 3 | 270, 280 |",
+    ]
