@@ -1,8 +1,9 @@
 """A sweep's runs grouped by what they change from params.yaml, with the spread over seeds.
 
-    finsent-sweep-summary --rev REV [--rev REV ...]
+    finsent-sweep-summary --rev REV [--rev REV ...] [-n COMMITS]
 
-Reads `dvc exp show --json` for the commits given: each commit's own run and its experiments. Runs
+Reads `dvc exp show --json` for the commits given (and the N - 1 before each, with `-n N`): each
+commit's own run and its experiments. Runs
 are grouped by the training params (model, tokenize, lora, train) in which they differ from the
 workspace's params.yaml, the seed left aside. A run's params are those it recorded beside its
 metrics (`metrics/train/params.yaml`), since a commit's params.yaml can be newer than its run. Each
@@ -111,8 +112,10 @@ def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
                 best_epoch=summary["best_epoch"],
                 train_seconds=summary["train"]["runtime_s"],
             )
-            # Experiments that change a later stage only (export) carry their base's train metrics.
-            found.setdefault((run.change, run.seed, run.dev_macro_f1, run.train_seconds), run)
+            # The same params, seed and dev metrics are one run seen twice: an experiment that changes
+            # a later stage only (export) carries its base's train metrics, and a rerun on the same
+            # machine reproduces them.
+            found.setdefault((run.change, run.seed, run.dev_macro_f1, run.dev_accuracy), run)
     return list(found.values())
 
 
@@ -142,9 +145,10 @@ def summary_table(runs: list[Run]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rev", action="append", required=True, help="a commit whose experiments to read")
+    parser.add_argument("-n", "--num", type=int, default=1, help="commits to read from each --rev back")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the defaults")
     args = parser.parse_args(argv)
-    command = ["dvc", "exp", "show", "--json", "--no-fetch"]
+    command = ["dvc", "exp", "show", "--json", "--no-fetch", "--num", str(args.num)]
     for rev in args.rev:
         command += ["--rev", rev]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
