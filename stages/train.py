@@ -13,7 +13,7 @@ from dvclive import Live
 from finsent import distributed
 from finsent.atomic import atomic_dir
 from finsent.checkpoints import resolve_checkpoint
-from finsent.config import load_params
+from finsent.config import TRAINING_SECTIONS, load_params
 from finsent.errors import run_cli
 from finsent.training import train_classifier
 
@@ -37,7 +37,7 @@ def main() -> None:
             model_staging = outputs.enter_context(atomic_dir(args.model_dir))
             live_staging = outputs.enter_context(atomic_dir(args.live_dir))
             live = outputs.enter_context(Live(str(live_staging), dvcyaml=None, save_dvc_exp=False))
-            live.log_params(params.model_dump(include={"model", "tokenize", "lora", "train"}))
+            live.log_params(params.model_dump(include=set(TRAINING_SECTIONS)))
         summary = train_classifier(params, args.tokenized_dir, model_staging, live)
     if main_process:
         print(json.dumps(summary, indent=2))

@@ -126,6 +126,13 @@ class Params(_Section):
     serve: ServeParams
 
 
+TRAINING_SECTIONS: tuple[str, ...] = ("model", "tokenize", "lora", "train")
+"""The params that the train stage and those before it read: what a trained model depends on.
+
+The train stage records them beside its metrics (metrics/train/params.yaml); sweeps compare them.
+"""
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and validate params.yaml.
 

@@ -3,13 +3,12 @@
     finsent-sweep-summary --rev REV [--rev REV ...] [-n COMMITS]
 
 Reads `dvc exp show --json` for the commits given (and the N - 1 before each, with `-n N`): each
-commit's own run and its experiments. Runs
-are grouped by the training params (model, tokenize, lora, train) in which they differ from the
-workspace's params.yaml, the seed left aside. A run's params are those it recorded beside its
-metrics (`metrics/train/params.yaml`), since a commit's params.yaml can be newer than its run. Each
-group gets one row of a Markdown table: runs, seeds, dev macro-F1 mean and range, dev accuracy, the
-epochs chosen, each run's time in Trainer. `scripts/exp_table.sh` lists the runs one by one; this is
-the view that says whether a change beats the spread of seeds.
+commit's own run and its experiments. Runs are grouped by the training params (model, tokenize, lora,
+train) in which they differ from the workspace's params.yaml, the seed left aside. A run's params are
+those it recorded beside its metrics (`metrics/train/params.yaml`), since a commit's params.yaml can
+be newer than its run. Each group gets one row of a Markdown table: runs, seeds, dev macro-F1 mean
+and range, dev accuracy, the epochs chosen, each run's time in Trainer. `scripts/exp_table.sh` lists
+the runs one by one; this is the view that says whether a change beats the spread of seeds.
 
 Dev only: every choice is made on dev, and an experiment run up to `train` carries its base commit's
 validation metrics, which are not its own.
@@ -26,14 +25,11 @@ from pathlib import Path
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
-from finsent.config import LoraParams, ModelParams, TokenizeParams, TrainParams
+from finsent.config import TRAINING_SECTIONS, Params
 from finsent.errors import FinsentError, run_cli
 
-TRAINING_SECTIONS = ("model", "tokenize", "lora", "train")
-"""The params that the train stage and those before it read: what a run's dev metrics depend on."""
 TRAIN_METRICS = "metrics/train/metrics.json"
 TRAIN_PARAMS = "metrics/train/params.yaml"
-SECTION_MODELS = {"model": ModelParams, "tokenize": TokenizeParams, "lora": LoraParams, "train": TrainParams}
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ def training_params(raw: dict) -> dict:
     sections = {section: raw.get(section, {}) for section in TRAINING_SECTIONS}
     with contextlib.suppress(ValidationError):  # a key since removed: compared as recorded
         sections = {
-            section: SECTION_MODELS[section].model_validate(values).model_dump()
+            section: Params.model_fields[section].annotation.model_validate(values).model_dump()
             for section, values in sections.items()
         }
     return flatten(sections)
