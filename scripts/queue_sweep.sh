@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 sweep=$1 jobs=${2:-1} max_seconds=${3:-0}
 # The commit the experiments start from: the table lists its experiments even if HEAD moves meanwhile.
 base=$(git rev-parse HEAD)
+# Overrides are split into words below, never globbed: `-S lora.target_modules=[query,value]` stays.
+set -f
 
 while read -r name overrides; do
   [[ -z $name || $name == \#* ]] && continue
