@@ -44,7 +44,9 @@ def score(rev: str, split: str, folder: Path) -> tuple[int, dict, pd.DataFrame]:
     stage = [sys.executable, "stages/evaluate.py", str(models), f"data/raw/{split}.jsonl"]
     stage += [str(folder / "metrics.json"), str(folder / "plots")]
     env = os.environ | {"PYTHONPATH": "src"}
-    subprocess.run(stage, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, check=True)
+    done = subprocess.run(stage, cwd=PROJECT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"scoring {rev} failed:\n{done.stderr}")
     seed = YAML(typ="safe").load(recorded.read_text())["train"]["seed"]
     metrics = json.loads((folder / "metrics.json").read_text())
     return seed, metrics, pd.read_csv(folder / "plots" / "predictions.csv")
@@ -72,7 +74,8 @@ def main() -> None:
         )
     if args.ensemble:
         labels = predictions["actual"].map(LABELS.index).to_numpy()
-        ensemble = headline_metrics(labels, np.mean(probabilities, axis=0))
+        mean = np.mean(probabilities, axis=0)  # each run's were rounded to 6 decimals: sum to 1 again
+        ensemble = headline_metrics(labels, mean / mean.sum(axis=1, keepdims=True))
         print(f"| ensemble of {len(scores)} | | {ensemble['macro_f1']:.4f} | {ensemble['accuracy']:.4f} |")
 
 
