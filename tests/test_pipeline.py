@@ -109,6 +109,14 @@ def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: dvc exp show failed: ") and failed.stderr.count("\n") == 1
 
+    # Scored again from the DVC cache on dev, the experiment gives the dev score training recorded;
+    # an ensemble of a run with itself, the same.
+    name = experiments[0]["revs"][0]["name"]
+    scoring = ["python", "scripts/score_runs.py", "--split", "dev", "--ensemble", name, name]
+    rows = run(scoring, cwd=repo).stdout.splitlines()
+    assert rows[2] == rows[3] == f"| {name} | 42 | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
+    assert rows[5] == f"| ensemble of 2 | | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
+
 
 def test_bad_checkpoint_stops_repro_with_one_line(pipeline_repo):
     edit_params(pipeline_repo, model__checkpoint="nobody/no-such-model")
