@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from finsent.backends import load_predictor
 from finsent.data import read_jsonl
+from finsent.predictors import load_predictor
 
 BACKENDS = ("pytorch", "onnx_fp32", "onnx_int8")
 
@@ -84,7 +84,7 @@ def over_http(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "finsent.serve", "--backend", backend, "--port", str(port)]
+    command = [sys.executable, "-m", "finsent.serving.server", "--backend", backend, "--port", str(port)]
     command += ["--model-dir", str(model_dir), "--exported-dir", str(exported_dir)]
     if model_threads is not None:
         command += ["--model-threads", str(model_threads)]

@@ -36,10 +36,10 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
     """Train `steps` batches in this process; samples/s and the process's peak resident memory."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback
 
-    from finsent.checkpoints import resolve_checkpoint
     from finsent.config import load_params
-    from finsent.features import TOKENIZER_SUBDIR, read_tokenized
     from finsent.modeling import load_base_model, with_lora
+    from finsent.pretrained import resolve_checkpoint
+    from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
     from finsent.training import training_arguments
 
     class StepClock(TrainerCallback):

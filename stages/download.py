@@ -4,9 +4,9 @@ import argparse
 from pathlib import Path
 
 from finsent.atomic import atomic_dir
+from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import prepare_raw
-from finsent.errors import run_cli
 
 
 def main() -> None:

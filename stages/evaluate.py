@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 from finsent.atomic import atomic_dir, atomic_file
-from finsent.backends import TorchPredictor
+from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
-from finsent.errors import run_cli
 from finsent.metrics import classification_metrics, precision_recall_curves, predictions_table
+from finsent.predictors import TorchPredictor
 
 
 def main() -> None:

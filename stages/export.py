@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 from finsent.atomic import atomic_dir, atomic_file
+from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
-from finsent.errors import run_cli
 from finsent.export import export_classifier
 
 

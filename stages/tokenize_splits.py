@@ -9,12 +9,12 @@ from pathlib import Path
 from datasets import disable_progress_bars
 
 from finsent.atomic import atomic_dir
-from finsent.checkpoints import resolve_checkpoint
+from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
-from finsent.errors import run_cli
-from finsent.features import load_fast_tokenizer, tokenize_frame, write_tokenized
+from finsent.pretrained import resolve_checkpoint
 from finsent.text import TextNormalization
+from finsent.tokenization import load_fast_tokenizer, tokenize_frame, write_tokenized
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ from dvclive import Live
 
 from finsent import distributed
 from finsent.atomic import atomic_dir
-from finsent.checkpoints import resolve_checkpoint
+from finsent.cli import run_cli
 from finsent.config import TRAINING_SECTIONS, load_params
-from finsent.errors import run_cli
+from finsent.pretrained import resolve_checkpoint
 from finsent.training import train_classifier
 
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from ruamel.yaml import YAML
 
-from finsent.checkpoints import bundled_checkpoint
 from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, SOURCE_FILES, fingerprint, read_source_csv
+from finsent.pretrained import bundled_checkpoint
 
 PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"

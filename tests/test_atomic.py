@@ -42,7 +42,7 @@ def test_sigterm_leaves_no_staging_folder(tmp_path):
         "import time\n"
         "from pathlib import Path\n"
         "from finsent.atomic import atomic_dir\n"
-        "from finsent.errors import run_cli\n"
+        "from finsent.cli import run_cli\n"
         "def main():\n"
         "    with atomic_dir(Path('out')) as staging:\n"
         "        (staging / 'part').write_text('half')\n"

@@ -9,9 +9,9 @@ import pytest
 from conftest import SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, predictions_frame, run
 from sklearn.metrics import accuracy_score, f1_score
 
-from finsent.compare import compare_predictions, comparison_markdown, read_predictions
 from finsent.config import LABELS
 from finsent.errors import FinsentError
+from finsent.experiments.compare import compare_predictions, comparison_markdown, read_predictions
 
 
 def scores(frame: pd.DataFrame, rows=slice(None)) -> dict[str, float]:
@@ -126,7 +126,8 @@ def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path, monkeypat
     candidate.to_csv(repo / "plots/predictions.csv", index=False)
 
     def compare(*args, check=True):
-        return run(["python", "-m", "finsent.compare", *args], cwd=repo, env=SOURCE_ENV, check=check)
+        command = ["python", "-m", "finsent.experiments.compare", *args]
+        return run(command, cwd=repo, env=SOURCE_ENV, check=check)
 
     shown = json.loads(compare("main:plots/predictions.csv", "plots/predictions.csv", "--json").stdout)
     expected = compare_predictions(baseline, candidate, resamples=10_000, seed=0)

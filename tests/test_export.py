@@ -6,10 +6,10 @@ import onnx
 import pytest
 from conftest import SOURCE_ENV, edit_params, run, stage_script
 
-from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.metrics import headline_metrics
+from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
 
 def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_project):

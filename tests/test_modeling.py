@@ -6,11 +6,11 @@ import torch
 from conftest import MINILM, PROJECT, run, stage_script, tiny_checkpoint
 from transformers import AutoTokenizer
 
-from finsent.backends import TorchPredictor
-from finsent.checkpoints import resolve_checkpoint
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
+from finsent.predictors import TorchPredictor
+from finsent.pretrained import resolve_checkpoint
 from finsent.text import NORMALIZATION_FILE, TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")

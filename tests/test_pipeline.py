@@ -8,9 +8,9 @@ import pytest
 from conftest import edit_params, run
 from ruamel.yaml import YAML
 
-from finsent.backends import TorchPredictor
 from finsent.data import read_jsonl
 from finsent.metrics import headline_metrics
+from finsent.predictors import TorchPredictor
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "tokenize", "train", "evaluate", "export")
@@ -112,7 +112,7 @@ def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
     # Scored again from the DVC cache on dev, the experiment gives the dev score training recorded;
     # an ensemble of a run with itself, the same.
     name = experiments[0]["revs"][0]["name"]
-    scoring = ["python", "scripts/score_runs.py", "--split", "dev", "--ensemble", name, name]
+    scoring = ["finsent-score-runs", "--split", "dev", "--ensemble", name, name]
     rows = run(scoring, cwd=repo).stdout.splitlines()
     assert rows[2] == rows[3] == f"| {name} | 42 | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
     assert rows[5] == f"| ensemble of 2 | | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import SOURCE_ENV, finsent_command
 
-from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.config import LABELS
+from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
 TEXTS = [
     "$AAPL beats estimates, shares up 5%",
@@ -20,7 +20,7 @@ TEXTS = [
 def predict(project, *args, stdin: str | bytes | None = None, check: bool = True):
     """Run finsent-predict in `project`; return its exit status, stdout and stderr."""
     result = subprocess.run(
-        [*finsent_command("predict"), *args],
+        [*finsent_command("serving.predict"), *args],
         cwd=project,
         env={**os.environ, **SOURCE_ENV},
         input=stdin.encode() if isinstance(stdin, str) else (stdin or b""),

@@ -8,8 +8,8 @@ from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair
 from PIL import Image
 from ruamel.yaml import YAML
 
-from finsent.compare import compare_predictions, comparison_markdown
-from finsent.report import REPORT_FILE
+from finsent.experiments.compare import compare_predictions, comparison_markdown
+from finsent.experiments.report import REPORT_FILE
 
 DVC_YAML = """\
 metrics:
@@ -58,7 +58,8 @@ def pull_request(tmp_path, predictions):
 
 
 def report(repo, *args, check=True):
-    return run(["python", "-m", "finsent.report", "report", *args], cwd=repo, env=SOURCE_ENV, check=check)
+    command = ["python", "-m", "finsent.experiments.report", "report", *args]
+    return run(command, cwd=repo, env=SOURCE_ENV, check=check)
 
 
 def test_report_has_the_diffs_the_significance_and_both_revisions_plots(pull_request, predictions):
@@ -108,7 +109,7 @@ def test_metrics_missing_on_main_are_named(pull_request):
 def test_workflow_runs_the_checks_and_posts_the_report_of_this_package():
     workflow = YAML(typ="safe").load((PROJECT / ".github/workflows/pr-report.yml").read_text())
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["finsent-pr-report"] == "finsent.report:cli"
+    assert scripts["finsent-pr-report"] == "finsent.experiments.report:cli"
     assert "pull_request" in workflow["on"]
     steps = workflow["jobs"]["report"]["steps"]
     commands = "\n".join(step.get("run", "") for step in steps)

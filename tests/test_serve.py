@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import SOURCE_ENV, finsent_command
 
-from finsent.backends import ONNX_FILES, OnnxPredictor, model_version
+from finsent.predictors import ONNX_FILES, OnnxPredictor
+from finsent.serving.model_version import model_version
 
 TEXTS = ["$AAPL beats estimates, shares up 5%", "Fed holds rates", "$TSLA deliveries miss"]
 MD5 = "0123456789abcdef0123456789abcdef"
@@ -43,7 +44,7 @@ def server(exported_project):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [*finsent_command("serve"), "--port", str(port)],
+        [*finsent_command("serving.server"), "--port", str(port)],
         cwd=exported_project,
         env={**os.environ, **SOURCE_ENV},
         stdout=subprocess.DEVNULL,
@@ -132,13 +133,16 @@ def test_model_threads_reach_the_runtime(exported_project):
 
 def test_negative_model_threads_stop_the_server_before_it_starts(exported_project):
     result = subprocess.run(
-        [*finsent_command("serve"), "--model-threads", "-1"],
+        [*finsent_command("serving.server"), "--model-threads", "-1"],
         cwd=exported_project,
         env={**os.environ, **SOURCE_ENV},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2
-    assert result.stderr.endswith("error: --model-threads: -1 is negative (0 means every core)\n")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: serve setting model_threads (flag, FINSENT_SERVE_MODEL_THREADS or params.yaml "
+        "serve.model_threads): Input should be greater than or equal to 0\n"
+    )
     assert "Traceback" not in result.stderr

@@ -1,7 +1,7 @@
 from conftest import PROJECT
 from ruamel.yaml import YAML
 
-from finsent.sweeps import Run, describe_change, summary_table, training_params
+from finsent.experiments.sweep_summary import Run, describe_change, summary_table, training_params
 
 DEFAULTS = training_params(YAML(typ="safe").load((PROJECT / "params.yaml").read_text()))
 

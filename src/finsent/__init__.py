@@ -1,8 +1,11 @@
-"""finsent: sentiment of finance tweets (Bearish / Bullish / Neutral) with a LoRA-tuned small encoder.
+"""finsent: sentiment of finance tweets (Bearish / Bullish / Neutral) with a LoRA-tuned encoder.
 
-Modules: `config` (params.yaml), `data` (the data set), `checkpoints` (where a model name points),
-`features` (tokenizing), `modeling` (the LoRA classifier), `training`, `metrics`.
-The heavy ones (torch) are not imported here, so that light commands start fast.
+The pipeline core is at the top: `config` (params.yaml), `data`, `pretrained` (where a model name
+points), `text` (normalisation), `tokenization`, `modeling`, `training`, `distributed`, `metrics`,
+`predictors` (PyTorch or ONNX Runtime), `export`, `quantization`; `atomic` (outputs written whole),
+`cli` and `errors`. `finsent.serving` holds the predict command and the HTTP API;
+`finsent.experiments` the tools that compare and summarise runs.
+The heavy modules (torch) are not imported here, so that light commands start fast.
 """
 
 from finsent.config import LABELS, Params, load_params

@@ -8,8 +8,13 @@ from ruamel.yaml import YAML, YAMLError
 
 from finsent.errors import FinsentError
 
-LABELS: tuple[str, ...] = ("Bearish", "Bullish", "Neutral")
+LABELS = ("Bearish", "Bullish", "Neutral")
 """The data set's classes, by label id."""
+Label = Literal[LABELS]
+
+BACKENDS = ("onnx_int8", "onnx_fp32", "pytorch")
+"""The runtimes a trained model is served on: ONNX Runtime (exported int8 or fp32) or PyTorch."""
+Backend = Literal[BACKENDS]
 
 
 class _Section(BaseModel):
@@ -104,17 +109,6 @@ class ExportParams(_Section):
     min_agreement: MinAgreement
 
 
-class ServeParams(_Section):
-    backend: Literal["onnx_int8", "onnx_fp32", "pytorch"]
-    batch_size: int = Field(gt=0)
-    # Cores one model run of finsent-serve uses (0: every core, as finsent-predict uses).
-    model_threads: int = Field(ge=0)
-    host: str
-    port: int = Field(ge=0, lt=65536)
-    max_texts: int = Field(gt=0)
-    max_text_chars: int = Field(gt=0)
-
-
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -123,7 +117,6 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     export: ExportParams
-    serve: ServeParams
 
 
 TRAINING_SECTIONS: tuple[str, ...] = ("model", "tokenize", "lora", "train")
@@ -145,6 +138,8 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         raise FinsentError(f"{path}: file not found") from None
     except YAMLError as error:
         raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    if isinstance(raw, dict):
+        raw.pop("serve", None)  # not a pipeline param: finsent.serving.settings reads it
     try:
         return Params.model_validate(raw)
     except ValidationError as error:

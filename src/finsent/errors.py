@@ -1,23 +1,5 @@
-"""Expected failures: reported as one line on stderr with a non-zero exit, never as a traceback."""
-
-import signal
-import sys
-from collections.abc import Callable
+"""Expected failures: what the user can fix, reported by `finsent.cli.run_cli` as one line."""
 
 
 class FinsentError(Exception):
     """A failure the user can fix (bad input, bad params, missing data); the message says what."""
-
-
-def run_cli(main: Callable[[], None]) -> None:
-    """Run a command's main(); a FinsentError becomes `error: <message>` and exit status 1.
-
-    SIGTERM (as `kill` or a queue worker's stop sends it) exits through Python, so that `finally`
-    blocks still run and no staging folder is left behind.
-    """
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        main()
-    except FinsentError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -8,10 +8,10 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from finsent.backends import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.config import ExportParams
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
+from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.quantization import quantize_int8, smooth_activations
 from finsent.text import save_text_processing
 

@@ -15,6 +15,11 @@ from finsent.config import LABELS
 
 _CLASS_IDS = list(range(len(LABELS)))
 
+SELECTION_METRIC = "macro_f1"
+"""What chooses a model on dev (an epoch, a sweep's params): Neutral is two thirds of the data."""
+DEV_METRICS = ("macro_f1", "accuracy", "log_loss")
+"""The dev metrics the train stage logs at each epoch and keeps for the chosen one."""
+
 
 def headline_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 (the headline: Neutral is two thirds of the data), weighted-F1, log-loss."""

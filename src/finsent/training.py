@@ -17,15 +17,13 @@ from transformers import (
     set_seed,
 )
 
-from finsent.checkpoints import resolve_checkpoint
 from finsent.config import LABELS, Params, TrainParams
 from finsent.distributed import shared_tempdir
-from finsent.features import TOKENIZER_SUBDIR, read_tokenized
-from finsent.metrics import headline_metrics
+from finsent.metrics import DEV_METRICS, SELECTION_METRIC, headline_metrics
 from finsent.modeling import load_base_model, save_classifier, with_lora
+from finsent.pretrained import resolve_checkpoint
 from finsent.text import load_text_processing
-
-SELECTION_METRIC = "macro_f1"
+from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
 
 
 class EpochLogger(TrainerCallback):
@@ -46,7 +44,7 @@ class EpochLogger(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.is_world_process_zero:
             self.live.step = round(state.epoch)
-            for name in ("macro_f1", "accuracy", "log_loss"):
+            for name in DEV_METRICS:
                 self.live.log_metric(f"dev/{name}", metrics[f"eval_{name}"])
             self.live.make_summary()
 
@@ -164,7 +162,7 @@ def train_classifier(
         if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
     )
     summary = {
-        "dev": {name: best[f"eval_{name}"] for name in ("macro_f1", "accuracy", "log_loss")},
+        "dev": {name: best[f"eval_{name}"] for name in DEV_METRICS},
         "best_epoch": round(best["epoch"]),
         "train": {
             "loss": live.summary["train"]["loss"],

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from finsent.cli import run_cli
 from finsent.config import LABELS
-from finsent.errors import FinsentError, run_cli
+from finsent.errors import FinsentError
 
 PREDICTION_COLUMNS = ("id", "actual", "predicted")
 _K = len(LABELS)

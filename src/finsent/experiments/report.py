@@ -1,8 +1,8 @@
 """The pull-request report: one Markdown file saying what a change does against a base revision.
 
 Params and metrics as `dvc params diff` and `dvc metrics diff` give them, whether the change of the
-validation predictions is real (`finsent.compare`), and every plot of `dvc.yaml` for both revisions,
-rendered to PNG by vl-convert (Vega-Lite compiled in-process: no browser).
+validation predictions is real (`finsent.experiments.compare`), and every plot of `dvc.yaml` for both
+revisions, rendered to PNG by vl-convert (Vega-Lite compiled in-process: no browser).
 """
 
 import argparse
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from finsent.atomic import atomic_dir
-from finsent.compare import compare_predictions, comparison_markdown, read_predictions
-from finsent.errors import FinsentError, run_cli
+from finsent.cli import run_cli
+from finsent.errors import FinsentError
+from finsent.experiments.compare import compare_predictions, comparison_markdown, read_predictions
 
 REPORT_FILE = "report.md"
 

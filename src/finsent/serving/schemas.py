@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
-Label = Literal["Bearish", "Bullish", "Neutral"]
+from finsent.config import Backend, Label
 
 
 class Prediction(BaseModel):
@@ -14,7 +14,7 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="one per text, in the order of the request")
-    backend: Literal["onnx_int8", "onnx_fp32", "pytorch"]
+    backend: Backend
     model_version: str | None = Field(
         description="md5 that dvc.lock records for the model folder; null when the folder does not match it"
     )
@@ -22,7 +22,7 @@ class PredictResponse(BaseModel):
 
 class ModelStatus(BaseModel):
     status: Literal["ready"]
-    backend: Literal["onnx_int8", "onnx_fp32", "pytorch"]
+    backend: Backend
     model_version: str | None
 
 

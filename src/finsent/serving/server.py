@@ -11,13 +11,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from finsent import __version__
-from finsent.backends import Backend, Predictor, load_predictor, model_folder, model_version
-from finsent.config import LABELS, ServeParams, load_params
-from finsent.errors import run_cli
-from finsent.schemas import ModelStatus, Prediction, PredictResponse, predict_request
+from finsent.cli import run_cli
+from finsent.config import BACKENDS, LABELS, Backend
+from finsent.predictors import Predictor, load_predictor, model_folder
+from finsent.serving.model_version import model_version
+from finsent.serving.schemas import ModelStatus, Prediction, PredictResponse, predict_request
+from finsent.serving.settings import ServeSettings, load_serve_settings
 
 
-def create_app(predictor: Predictor, backend: Backend, version: str | None, params: ServeParams) -> FastAPI:
+def create_app(
+    predictor: Predictor, backend: Backend, version: str | None, settings: ServeSettings
+) -> FastAPI:
     """The API around a loaded `predictor`; it is ready once a first prediction has warmed it up."""
 
     @asynccontextmanager
@@ -33,8 +37,8 @@ def create_app(predictor: Predictor, backend: Backend, version: str | None, para
         lifespan=lifespan,
     )
     app.state.ready = False
-    PredictRequest = predict_request(params.max_texts, params.max_text_chars)
-    # One model run at a time, on `serve.model_threads` cores; the others parse and answer HTTP
+    PredictRequest = predict_request(settings.max_texts, settings.max_text_chars)
+    # One model run at a time, on `model_threads` cores; the others parse and answer HTTP
     # meanwhile. Requests are not batched together: an int8 model's result for a text would then
     # depend on the texts of other requests (activations are quantized per batch).
     model_lock = threading.Lock()
@@ -68,35 +72,30 @@ def create_app(predictor: Predictor, backend: Backend, version: str | None, para
 
 
 def main() -> None:
-    params = load_params().serve
-    parser = argparse.ArgumentParser(prog="finsent-serve", description=__doc__)
-    parser.add_argument(
-        "-b",
-        "--backend",
-        choices=["onnx_int8", "onnx_fp32", "pytorch"],
-        default=params.backend,
-        help=f"runtime and model (default from params.yaml: {params.backend})",
+    parser = argparse.ArgumentParser(
+        prog="finsent-serve",
+        description=__doc__,
+        epilog="Each flag's default comes from FINSENT_SERVE_<FLAG>, else params.yaml's serve section, "
+        "else the built-in default (finsent/serving/settings.py).",
     )
-    parser.add_argument(
-        "--model-threads",
-        type=int,
-        default=params.model_threads,
-        help=f"cores one model run uses, 0 for all (default from params.yaml: {params.model_threads})",
-    )
-    parser.add_argument("--host", default=params.host)
-    parser.add_argument("--port", type=int, default=params.port)
-    parser.add_argument("--model-dir", type=Path, default=Path("models"), help="train stage output")
-    parser.add_argument("--exported-dir", type=Path, default=Path("exported"), help="export stage output")
-    args = parser.parse_args()
-    if args.model_threads < 0:
-        parser.error(f"--model-threads: {args.model_threads} is negative (0 means every core)")
+    parser.add_argument("-b", "--backend", choices=BACKENDS, help="runtime and model")
+    parser.add_argument("--model-threads", type=int, help="cores one model run uses, 0 for all")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--model-dir", type=Path, help="train stage output")
+    parser.add_argument("--exported-dir", type=Path, help="export stage output")
+    settings = load_serve_settings(**vars(parser.parse_args()))
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
     predictor = load_predictor(
-        args.backend, args.model_dir, args.exported_dir, params.batch_size, args.model_threads
+        settings.backend,
+        settings.model_dir,
+        settings.exported_dir,
+        settings.batch_size,
+        settings.model_threads,
     )
-    version = model_version(model_folder(args.backend, args.model_dir, args.exported_dir))
-    app = create_app(predictor, args.backend, version, params)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    version = model_version(model_folder(settings.backend, settings.model_dir, settings.exported_dir))
+    app = create_app(predictor, settings.backend, version, settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
 def cli() -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
+from finsent.cli import run_cli
 from finsent.config import TRAINING_SECTIONS, Params
-from finsent.errors import FinsentError, run_cli
+from finsent.errors import FinsentError
 
 TRAIN_METRICS = "metrics/train/metrics.json"
 TRAIN_PARAMS = "metrics/train/params.yaml"

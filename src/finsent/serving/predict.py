@@ -12,9 +12,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from finsent.atomic import atomic_file
-from finsent.backends import ONNX_FILES, load_predictor
-from finsent.config import LABELS, load_params
-from finsent.errors import FinsentError, run_cli
+from finsent.cli import run_cli
+from finsent.config import BACKENDS, LABELS
+from finsent.errors import FinsentError
+from finsent.predictors import ONNX_FILES, load_predictor
+from finsent.serving.settings import load_serve_settings
 
 PROGRESS_MIN_ROWS = 500
 """Files with more rows than this show a progress bar on stderr."""
@@ -81,7 +83,7 @@ def format_predictions(probabilities: np.ndarray, output_format: str) -> str:
 
 
 def main() -> None:
-    params = load_params().serve
+    settings = load_serve_settings()
     parser = argparse.ArgumentParser(
         prog="finsent-predict",
         description="Classify finance tweets as Bearish, Bullish or Neutral: texts given as arguments, "
@@ -102,14 +104,16 @@ def main() -> None:
     parser.add_argument(
         "-b",
         "--backend",
-        choices=["onnx_int8", "onnx_fp32", "pytorch"],
-        default=params.backend,
-        help=f"runtime and model (default from params.yaml: {params.backend}): ONNX from --exported-dir "
+        choices=BACKENDS,
+        default=settings.backend,
+        help=f"runtime and model (default: {settings.backend}): ONNX from --exported-dir "
         f"({', '.join(ONNX_FILES.values())}), PyTorch from --model-dir",
     )
-    parser.add_argument("--model-dir", type=Path, default=Path("models"), help="train stage output")
-    parser.add_argument("--exported-dir", type=Path, default=Path("exported"), help="export stage output")
-    parser.add_argument("--batch-size", type=int, default=params.batch_size)
+    parser.add_argument("--model-dir", type=Path, default=settings.model_dir, help="train stage output")
+    parser.add_argument(
+        "--exported-dir", type=Path, default=settings.exported_dir, help="export stage output"
+    )
+    parser.add_argument("--batch-size", type=int, default=settings.batch_size)
     args = parser.parse_args()
 
     if args.texts and args.input_file:

@@ -1,0 +1,78 @@
+"""Settings of `finsent-serve` and `finsent-predict`: not pipeline params, so not in `finsent.config`.
+
+Each setting comes from, first to last: a command-line flag, an environment variable
+`FINSENT_SERVE_<NAME>` (as a container sets them), the `serve` section of `params.yaml` in the
+working directory when there is one, the default below. The serve image has no params.yaml.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from ruamel.yaml import YAML, YAMLError
+
+from finsent.config import Backend
+from finsent.errors import FinsentError
+
+PARAMS_FILE = Path("params.yaml")
+ENV_PREFIX = "FINSENT_SERVE_"
+
+
+class _ParamsSection(PydanticBaseSettingsSource):
+    """The `serve` section of params.yaml in the working directory; nothing without the file or section.
+
+    Read with ruamel.yaml, as the pipeline's params are (YAML 1.2), rather than pydantic-settings' own
+    YAML source, which fails on a params.yaml without the section.
+    """
+
+    def get_field_value(self, field, field_name):
+        return None, field_name, False  # unused: __call__ gives the whole section
+
+    def __call__(self) -> dict:
+        try:
+            raw = YAML(typ="safe").load(PARAMS_FILE.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (YAMLError, UnicodeDecodeError) as error:
+            raise FinsentError(f"{PARAMS_FILE}: not valid YAML ({error.__class__.__name__})") from None
+        section = raw.get("serve") if isinstance(raw, dict) else None
+        return section if isinstance(section, dict) else {}
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    backend: Backend = "onnx_int8"
+    model_dir: Path = Field(Path("models"), description="the train stage's output (pytorch backend)")
+    exported_dir: Path = Field(Path("exported"), description="the export stage's output (ONNX backends)")
+    batch_size: int = Field(32, gt=0)
+    # Cores one model run of finsent-serve uses; 0: all of them (finsent-predict always uses all).
+    model_threads: int = Field(1, ge=0)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, lt=65536)
+    max_texts: int = Field(64, gt=0, description="texts a request, at most")
+    max_text_chars: int = Field(1000, gt=0, description="characters a text, at most")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ParamsSection(settings_cls)
+
+
+def load_serve_settings(**flags) -> ServeSettings:
+    """The settings, with `flags` (those given on the command line; None: not given) first."""
+    try:
+        return ServeSettings(**{name: value for name, value in flags.items() if value is not None})
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        raise FinsentError(
+            f"serve setting {name} (flag, {ENV_PREFIX}{name.upper()} or params.yaml serve.{name}): "
+            f"{first['msg']}"
+        ) from None
