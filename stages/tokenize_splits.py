@@ -1,5 +1,7 @@
 """Stage tokenize: train and dev splits normalised and turned into token ids; the tokenizer saved beside them.
 
+With distillation on, each train row also carries the teacher's logits, and the teacher's augmented
+copies of train follow as rows of their own, without a label.
 (Not named tokenize.py: as the first entry of sys.path it would shadow the standard library's module.)
 """
 
@@ -12,27 +14,28 @@ from finsent.atomic import atomic_dir
 from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
-from finsent.pretrained import resolve_checkpoint
-from finsent.text import TextNormalization
-from finsent.tokenization import load_fast_tokenizer, tokenize_frame, write_tokenized
+from finsent.distillation import distillation_rows
+from finsent.pretrained import resolve_pretrained
+from finsent.tokenization import load_fast_tokenizer, text_normalization, tokenize_frame, write_tokenized
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("raw_dir", type=Path)
+    parser.add_argument("teacher_dir", type=Path, help="the teacher stage's logits (read if distilling)")
     parser.add_argument("out_dir", type=Path, help="folder for {train,dev}.parquet and tokenizer/")
     args = parser.parse_args()
     disable_progress_bars()
     params = load_params()
-    checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
+    checkpoint_dir = resolve_pretrained(params.model.checkpoint, params.model.revision)
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
-    normalize = TextNormalization(
-        url_replacement=params.tokenize.url_replacement,
-        cashtag_replacement=params.tokenize.cashtag_replacement,
-    )
+    normalize = text_normalization(params.tokenize)
+    train, teacher_logits = read_jsonl(args.raw_dir / "train.jsonl"), None
+    if params.distill.enabled:
+        train, teacher_logits = distillation_rows(train, args.teacher_dir, params.distill)
     splits = {
-        split: tokenize_frame(read_jsonl(args.raw_dir / f"{split}.jsonl"), tokenizer, normalize)
-        for split in ("train", "dev")
+        "train": tokenize_frame(train, tokenizer, normalize, teacher_logits),
+        "dev": tokenize_frame(read_jsonl(args.raw_dir / "dev.jsonl"), tokenizer, normalize),
     }
     with atomic_dir(args.out_dir) as staging:
         write_tokenized(splits, tokenizer, normalize, staging)

@@ -1,6 +1,7 @@
-"""Stage train: LoRA fine-tuning on train, checkpoint chosen by dev macro-F1, dvclive logs per epoch.
+"""Stage train: LoRA fine-tuning on train (distilling the teacher, if on), epoch chosen by dev macro-F1.
 
-With `train.num_processes` above 1 it reruns itself as that many data-parallel workers under torchrun.
+dvclive logs each epoch. With `train.num_processes` above 1 the stage reruns itself as that many
+data-parallel workers under torchrun.
 """
 
 import argparse
@@ -14,7 +15,10 @@ from finsent import distributed
 from finsent.atomic import atomic_dir
 from finsent.cli import run_cli
 from finsent.config import TRAINING_SECTIONS, load_params
-from finsent.pretrained import resolve_checkpoint
+from finsent.modeling import save_classifier
+from finsent.pretrained import resolve_pretrained
+from finsent.text import load_text_processing
+from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
 from finsent.training import train_classifier
 
 
@@ -25,12 +29,13 @@ def main() -> None:
     parser.add_argument("live_dir", type=Path, help="dvclive folder: params, per-epoch metrics, summary")
     args = parser.parse_args()
     params = load_params()
+    checkpoint_dir = resolve_pretrained(params.model.checkpoint, params.model.revision)
     num_processes = params.train.num_processes
     if distributed.needs_launch(num_processes):
-        resolve_checkpoint(params.model.checkpoint, params.model.revision)  # a bad one fails here, once
         raise SystemExit(distributed.launch_workers(num_processes))
 
     main_process = distributed.is_main_process()
+    tokenizer, normalize = load_text_processing(args.tokenized_dir / TOKENIZER_SUBDIR)
     with distributed.process_group(num_processes), ExitStack() as outputs:
         model_staging = live = None
         if main_process:  # the other workers write nothing, not even a staging folder
@@ -38,7 +43,19 @@ def main() -> None:
             live_staging = outputs.enter_context(atomic_dir(args.live_dir))
             live = outputs.enter_context(Live(str(live_staging), dvcyaml=None, save_dvc_exp=False))
             live.log_params(params.model_dump(include=set(TRAINING_SECTIONS)))
-        summary = train_classifier(params, args.tokenized_dir, model_staging, live)
+        trainer, summary = train_classifier(
+            checkpoint_dir,
+            params.lora,
+            params.train,
+            read_tokenized(args.tokenized_dir, "train"),
+            read_tokenized(args.tokenized_dir, "dev"),
+            tokenizer,
+            params.distill,
+            live,
+        )
+        if main_process:
+            checkpoint = params.model.checkpoint
+            save_classifier(trainer.model, tokenizer, normalize, checkpoint, checkpoint_dir, model_staging)
     if main_process:
         print(json.dumps(summary, indent=2))
 

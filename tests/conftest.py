@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, SOURCE_FILES, fingerprint, read_source_csv
-from finsent.pretrained import bundled_checkpoint
+from finsent.pretrained import packaged_model
 
 PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
@@ -30,12 +30,23 @@ def _offline(monkeypatch):
 def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
     """A 2-layer, 32-wide encoder with random weights and the real MiniLM tokenizer, saved as a checkpoint.
 
-    `architecture` is "bert" or "deberta-v2" (the architecture of DeBERTa-v3 checkpoints).
+    `architecture` is "bert", "deberta-v2" (the architecture of DeBERTa-v3 checkpoints) or "mpnet"
+    (all-mpnet-base-v2's; its tokenizer gives no token_type_ids, and neither does this one then).
     """
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel, DebertaV2Config, DebertaV2Model
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        DebertaV2Config,
+        DebertaV2Model,
+        MPNetConfig,
+        MPNetModel,
+    )
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint(MINILM))
+    input_names = {"mpnet": ["input_ids", "attention_mask"]}.get(architecture)
+    extra = {"model_input_names": input_names} if input_names else {}
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model(MINILM), **extra)
     sizes = {
         "vocab_size": tokenizer.vocab_size,
         "hidden_size": 32,
@@ -47,6 +58,8 @@ def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
     torch.manual_seed(0)  # the same random weights in every test session
     if architecture == "bert":
         model = BertModel(BertConfig(**sizes))
+    elif architecture == "mpnet":
+        model = MPNetModel(MPNetConfig(**sizes | {"max_position_embeddings": 130}))
     else:
         model = DebertaV2Model(DebertaV2Config(pooler_hidden_size=32, **sizes))
     model.save_pretrained(folder)
@@ -57,6 +70,11 @@ def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_dir(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
 
 
 def slice_mirror(folder: Path, rows: dict[str, int]) -> Path:
@@ -109,12 +127,15 @@ def stage_script(name: str) -> list[str]:
 
 
 @pytest.fixture
-def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
-    """A git + DVC copy of the project, set to train the tiny model on the small mirror for 2 epochs."""
+def pipeline_repo(tmp_path, tiny_bert_dir, tiny_mpnet_dir, small_mirror, monkeypatch) -> Path:
+    """A git + DVC copy of the project, set to train the tiny model on the small mirror for 2 epochs,
+    distilling a tiny MPNet teacher trained for 1."""
     repo = tmp_path / "repo"
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT).stdout.split()
     for name in files:
-        if (PROJECT / name).is_file() and not name.startswith(("metrics/", "plots/", "dvc.lock")):
+        if (PROJECT / name).is_file() and not name.startswith(
+            ("metrics/", "plots/", "data/teacher/", "dvc.lock")
+        ):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(PROJECT / name, repo / name)
     edit_params(
@@ -123,6 +144,10 @@ def pipeline_repo(tmp_path, tiny_bert_dir, small_mirror, monkeypatch) -> Path:
         model__checkpoint=str(tiny_bert_dir),
         train__epochs=2,
         train__batch_size=16,
+        teacher__checkpoint=str(tiny_mpnet_dir),
+        teacher__train__epochs=1,
+        teacher__train__batch_size=16,
+        teacher__augment__copies=2,
         export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
     monkeypatch.setenv(MIRROR_ENV, str(small_mirror))

@@ -42,9 +42,22 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         ),
         (r"  epochs: \d+", "  epochs: three", "train.epochs: Input should be a valid integer"),
         (
-            "  seed: 42\n\nevaluate",
-            "  seed: 42\n  lr: 1\n\nevaluate",
+            "  seed: 42\n\n# The teacher",
+            "  seed: 42\n  lr: 1\n\n# The teacher",
             "train.lr: Extra inputs are not permitted",
+        ),
+        (
+            r"learning_rate: [\d.e-]+",
+            "learning_rate: .inf",
+            "train.learning_rate: Input should be a finite number",
+        ),
+        (r"alpha: 0.5", "alpha: 1.5", "distill.alpha: Input should be less than or equal to 1"),
+        (r"temperature: [\d.]+", "temperature: 0", "distill.temperature: Input should be greater than 0"),
+        (r"temperature: [\d.]+", "temperature: -2", "distill.temperature: Input should be greater than 0"),
+        (
+            r"    seed: 42\n    cpu_bf16",
+            "    seed: 42\n    num_processes: 2\n    cpu_bf16",
+            "teacher.train: Value error, the teacher trains in one process",
         ),
         (r"dev_size: [\d.]+", "dev_size: 1.5", "data.dev_size: Input should be less than 1"),
         (
@@ -70,3 +83,10 @@ def test_bad_value_is_named(tmp_path, old, new, message):
 def test_missing_file(tmp_path):
     with pytest.raises(FinsentError, match=r"params\.yaml: file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_params_that_are_not_utf8_are_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes((PROJECT / "params.yaml").read_bytes().replace(b"Every knob", b"Every kn\xf6b"))
+    with pytest.raises(FinsentError, match=r"params\.yaml: not UTF-8 \(byte \d+\)"):
+        load_params(path)

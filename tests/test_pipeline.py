@@ -4,6 +4,8 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import edit_params, run
 from ruamel.yaml import YAML
@@ -13,7 +15,7 @@ from finsent.metrics import headline_metrics
 from finsent.predictors import TorchPredictor
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "tokenize", "train", "evaluate", "export")
+STAGES = ("download", "teacher", "tokenize", "train", "evaluate", "export")
 
 
 def repro(repo, *args) -> set[str]:
@@ -50,6 +52,23 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
         "base",
     }
 
+    # The teacher's logits: one row a train and dev row, two augmented copies of train; the student's
+    # training set is train's rows, each with its teacher logits, then one copy (distill params).
+    train_rows = read_jsonl(repo / "data/raw/train.jsonl")
+    teacher = {name: pd.read_csv(repo / "data/teacher" / f"{name}.csv") for name in ("train", "augmented")}
+    assert teacher["train"]["id"].tolist() == train_rows["id"].tolist()
+    assert teacher["augmented"]["copy"].value_counts().to_dict() == {0: len(train_rows), 1: len(train_rows)}
+    teacher_metrics = json.loads((repo / "metrics/teacher.json").read_text())
+    assert set(teacher_metrics) >= {"dev", "validation", "best_epoch", "train", "labelling"}
+    tokenized = pq.read_table(repo / "data/tokenized/train.parquet").to_pandas()
+    assert len(tokenized) == 2 * len(train_rows)
+    assert (tokenized["label"][len(train_rows) :] == -100).all()
+    np.testing.assert_allclose(
+        np.stack(tokenized["teacher_logits"][: len(train_rows)]),
+        teacher["train"][[f"logit_{name}" for name in ("Bearish", "Bullish", "Neutral")]],
+        atol=1e-4,
+    )
+
     # The saved model reproduces the dev score that chose it.
     dev = read_jsonl(repo / "data/raw/dev.jsonl")
     probabilities = TorchPredictor.from_dir(repo / "models", batch_size=64).predict_proba(
@@ -67,6 +86,8 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
     assert repro(repo) == {"evaluate"}
     np.testing.assert_allclose(metrics(repo)["validation"]["macro_f1"], first["validation"]["macro_f1"])
 
+    edit_params(repo, distill__alpha=0.8)
+    assert repro(repo) == {"train", "evaluate", "export"}
     edit_params(repo, lora__r=2)
     assert repro(repo) == {"train", "evaluate", "export"}
     params_diff = run(["dvc", "params", "diff", "--md"], cwd=repo).stdout
@@ -127,3 +148,19 @@ def test_bad_checkpoint_stops_repro_with_one_line(pipeline_repo):
     assert errors[0].startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
     assert "Traceback" not in result.stderr
     assert not (pipeline_repo / "data/tokenized").exists()
+
+
+def test_a_fresh_clone_does_not_train_the_teacher_again(pipeline_repo, tmp_path):
+    repo = pipeline_repo
+    repro(repo)
+    commit(repo, "a run: dvc.lock, metrics and the teacher's outputs in git")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], cwd=tmp_path)
+    assert repro(clone, "download") == {"download"}
+    assert "up to date" in run(["dvc", "status", "teacher"], cwd=clone).stdout
+    # The student trains again to the same bits, so evaluate, whose outputs are in git, has nothing to do.
+    assert repro(clone) == {"tokenize", "train", "export"}
+    # Distillation off: the teacher's outputs are not read, and training is the plain one.
+    edit_params(clone, distill__enabled=False)
+    assert repro(clone) == {"tokenize", "train", "evaluate", "export"}
+    assert "teacher_logits" not in pq.read_table(clone / "data/tokenized/train.parquet").column_names

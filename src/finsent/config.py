@@ -18,7 +18,8 @@ Backend = Literal[BACKENDS]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: `learning_rate: .inf` is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SplitFingerprint(_Section):
@@ -77,6 +78,9 @@ class TrainParams(_Section):
     # that the many easy (mostly Neutral) tweets weigh less; 0 is plain cross-entropy.
     focal_gamma: float = Field(0.0, ge=0)
     seed: int
+    # bf16 autocast on a CPU that computes in bf16 natively (AVX512-BF16 or AMX); on others it is many
+    # times slower than fp32, so it stays off there. GPUs use bf16 (or fp16) whatever this says.
+    cpu_bf16: bool = False
 
     @field_validator("num_processes")
     @classmethod
@@ -88,6 +92,46 @@ class TrainParams(_Section):
                 f"cannot be split evenly among {value} processes"
             )
         return value
+
+
+class AugmentParams(_Section):
+    # Copies of train that the teacher labels, each with a share of its words dropped at random
+    # (cashtags kept): texts beyond the training set, labelled only by the teacher, for distillation.
+    copies: int = Field(ge=0)
+    word_dropout: float = Field(gt=0, lt=1)
+    seed: int
+
+
+class TeacherParams(_Section):
+    """A larger model, fine-tuned once on train; the train stage distils its class probabilities."""
+
+    checkpoint: str
+    revision: str
+    lora: LoraParams
+    train: TrainParams
+    augment: AugmentParams
+    # Texts a batch when the trained teacher labels train, dev, validation and the augmented copies.
+    label_batch_size: int = Field(gt=0)
+
+    @field_validator("train")
+    @classmethod
+    def _one_process(cls, value: TrainParams) -> TrainParams:
+        if value.num_processes != 1:
+            raise ValueError("the teacher trains in one process (num_processes: 1)")
+        return value
+
+
+class DistillParams(_Section):
+    """Knowledge distillation (Hinton et al., 2015): loss = alpha * CE(labels) + (1 - alpha) * T^2 *
+    KL(teacher_T || student_T), with both distributions softened by the temperature T."""
+
+    # false: the teacher is not used, and the train stage is plain fine-tuning on the labels. The
+    # defaults are that: what runs did before the section existed (see TokenizeParams).
+    enabled: bool = False
+    alpha: float = Field(1.0, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    # How many of the teacher's augmented copies of train the student also trains on (no hard label).
+    augmented_copies: int = Field(0, ge=0)
 
 
 class EvaluateParams(_Section):
@@ -115,11 +159,13 @@ class Params(_Section):
     tokenize: TokenizeParams
     lora: LoraParams
     train: TrainParams
+    teacher: TeacherParams
+    distill: DistillParams
     evaluate: EvaluateParams
     export: ExportParams
 
 
-TRAINING_SECTIONS: tuple[str, ...] = ("model", "tokenize", "lora", "train")
+TRAINING_SECTIONS: tuple[str, ...] = ("model", "tokenize", "lora", "train", "distill")
 """The params that the train stage and those before it read: what a trained model depends on.
 
 The train stage records them beside its metrics (metrics/train/params.yaml); sweeps compare them.
@@ -136,6 +182,8 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         raw = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FinsentError(f"{path}: file not found") from None
+    except UnicodeDecodeError as error:
+        raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
     except YAMLError as error:
         raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
     if isinstance(raw, dict):

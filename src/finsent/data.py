@@ -1,5 +1,6 @@
 """The data set: fetched from the Hugging Face hub or a local mirror, checked, split, stored as JSONL."""
 
+import csv
 import hashlib
 import io
 import json
@@ -11,6 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from finsent.config import LABELS, DataParams, SplitFingerprint
 from finsent.errors import FinsentError
+from finsent.text import first_blank
 
 MIRROR_ENV = "FINSENT_DATA_MIRROR"
 """Environment variable naming a folder that holds the data set's CSV files; then the hub is not used."""
@@ -54,14 +56,21 @@ def read_source_csv(path: Path) -> pd.DataFrame:
         content = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
         raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
+    header = next(csv.reader(io.StringIO(content)), [])
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise FinsentError(f"{path}: duplicate column(s) {', '.join(map(repr, duplicates))}")
     try:
         # Every cell as a string: "NA" or "null" are tweets here, not missing values.
         frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise FinsentError(f"{path}: not a readable CSV ({error})") from None
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
+        raise FinsentError(f"{path}: not a readable CSV ({reason})") from None
     for column in ("text", "label"):
         if column not in frame.columns:
             raise FinsentError(f"{path}: missing column '{column}'")
+    if frame.empty:
+        raise FinsentError(f"{path}: no rows, only a header")
     known = {str(label_id) for label_id in range(len(LABELS))}
     unknown = ~frame["label"].isin(known)
     if unknown.any():
@@ -70,9 +79,9 @@ def read_source_csv(path: Path) -> pd.DataFrame:
             f"{path}: row {row + 1}: unknown label {frame['label'][row]!r} "
             f"(expected one of {', '.join(sorted(known))})"
         )
-    empty = frame["text"].str.strip() == ""
-    if empty.any():
-        raise FinsentError(f"{path}: row {int(empty.idxmax()) + 1}: empty text")
+    blank = first_blank(frame["text"].tolist())
+    if blank is not None:
+        raise FinsentError(f"{path}: row {blank + 1}: empty text")
     return pd.DataFrame({"id": range(len(frame)), "text": frame["text"], "label": frame["label"].astype(int)})
 
 

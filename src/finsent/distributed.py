@@ -11,10 +11,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from finsent.atomic import remove_stale
 from finsent.errors import FinsentError
 
 
@@ -95,9 +97,14 @@ def shared_tempdir(prefix: str) -> Iterator[str]:
     """A temporary folder, the same for every process of the launch: rank 0 makes it and removes it.
 
     Trainer saves checkpoints from rank 0 only, then every rank loads the best one at the end: all
-    must look in the same folder.
+    must look in the same folder. Its name carries rank 0's process id, so that a later run removes
+    what a killed one left (`finsent.atomic.remove_stale`).
     """
-    with tempfile.TemporaryDirectory(prefix=prefix) if is_main_process() else nullcontext() as folder:
+    folder_context = nullcontext()
+    if is_main_process():
+        remove_stale(Path(tempfile.gettempdir()), prefix)
+        folder_context = tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}.")
+    with folder_context as folder:
         if world_size() == 1:
             yield folder
             return

@@ -23,16 +23,16 @@ _SAMPLE_TEXTS = [
 
 
 class _Logits(torch.nn.Module):
-    """The classifier with tensor inputs and its logits, shape (batch, len(LABELS)), as the one output."""
+    """The classifier with positional tensor inputs, named by `input_names` (the tokenizer's: MPNet has
+    no token_type_ids), and its logits, shape (batch, len(LABELS)), as the one output."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, input_names: list[str]):
         super().__init__()
         self.model = model
+        self.input_names = input_names
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).logits
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
 
 
 def merged_model(predictor: TorchPredictor) -> PreTrainedModel:
@@ -50,9 +50,9 @@ def export_onnx(model: PreTrainedModel, tokenizer, out_file: Path) -> None:
     exporter records in its graph, and its node names (/model/bert/encoder/layer.0/...) name the layers.
     """
     sample = tokenizer(_SAMPLE_TEXTS, padding=True, return_tensors="pt")
-    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
+    names = list(sample)
     torch.onnx.export(
-        _Logits(model).eval(),
+        _Logits(model, names).eval(),
         tuple(sample[name] for name in names),
         out_file,
         input_names=names,

@@ -1,6 +1,7 @@
 """The classifier: a pre-trained encoder with LoRA adapters and a fully trained head, saved and reloaded."""
 
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ LORA_TARGETS = {
     "roberta": ["query", "key", "value", "dense"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "mpnet": ["q", "k", "v", "o", "dense"],
 }
 """Names of every linear layer of the encoder, by `model_type` (DeBERTa-v3 checkpoints are deberta-v2)."""
 
@@ -33,12 +35,16 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 
 def _quiet_load(load, *args, **kwargs):
-    # The head is new, so transformers warns that its weights are "newly initialized": expected here.
+    # The head is new, so transformers warns that its weights are "newly initialized" (and reports the
+    # pre-training head's weights as unused): expected here. Its bar over the weights loaded takes
+    # under a second and would fill logs with redraws.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         return load(*args, **kwargs)
     finally:
+        hf_logging.enable_progress_bar()
         hf_logging.set_verbosity(verbosity)
 
 
@@ -89,7 +95,11 @@ def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel | PreTrai
         return model
     config = lora_config(model, params)
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` (peft 0.21, transformers
+            # 5.24): nothing to change on our side, and nothing a user can act on.
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as error:
         raise FinsentError(f"lora.target_modules: {error}") from None
 
@@ -132,7 +142,9 @@ def save_classifier(
         for field in ("target_modules", "exclude_modules"):
             if isinstance(getattr(adapter, field), set):
                 setattr(adapter, field, sorted(getattr(adapter, field)))
-    model.save_pretrained(out_dir)
+    # No embedding layer is trained: peft's default ("auto") would look the base model up on the hub
+    # to find out, and warn offline that it could not.
+    model.save_pretrained(out_dir, save_embedding_layers=False)
 
 
 def load_classifier(

@@ -14,15 +14,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finsent.errors import FinsentError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 NORMALIZATION_FILE = "text_normalization.json"
 """Written beside the tokenizer (tokenize, train and export outputs): see `save_text_processing`."""
 
-_LINK = re.compile(r"https?://\S+")
+MAX_TEXT_CHARS = 20_000
+"""Characters of a text that prediction and training read. Every word piece but the special ones takes
+at least one character, and a wordpiece tokenizer makes one piece of a word of over 100 characters:
+max_length (128) pieces come from the first few thousand characters of any text that is not mostly
+whitespace. The longest tweet of the data set has under 300."""
+
+LINK = re.compile(r"https?://\S+")
 # A dollar sign and a letter: $AAPL, $BRK.B, $ECONX; a price ($1,600) starts with a digit.
-_CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z]+)?")
+CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z]+)?")
+
+
+def first_blank(texts: list[str]) -> int | None:
+    """The index of the first text that is empty or only whitespace, if any: such a text is refused
+    everywhere (data set, predict command, API), since it says nothing to classify."""
+    return next((i for i, text in enumerate(texts) if not text.strip()), None)
 
 
 @dataclass(frozen=True)
@@ -33,8 +47,10 @@ class TextNormalization:
     """The word that replaces every cashtag; None keeps them as they are."""
 
     def __call__(self, texts: list[str]) -> list[str]:
-        texts = list(texts)
-        for pattern, replacement in ((_LINK, self.url_replacement), (_CASHTAG, self.cashtag_replacement)):
+        # Clipped first: a tokenizer reads the whole text before it truncates to max_length tokens,
+        # so a 10 MB text would cost gigabytes of memory for 128 tokens (see MAX_TEXT_CHARS).
+        texts = [text[:MAX_TEXT_CHARS] for text in texts]
+        for pattern, replacement in ((LINK, self.url_replacement), (CASHTAG, self.cashtag_replacement)):
             if replacement is not None:
                 texts = [pattern.sub(replacement, text) for text in texts]
         return texts
@@ -44,9 +60,16 @@ class TextNormalization:
 
     @classmethod
     def load(cls, folder: Path) -> "TextNormalization":
-        """What `save` wrote in `folder`; none (texts as they are) for a folder without the file."""
+        """What `save` wrote in `folder`. Its absence is an error: the model was trained with one."""
         file = Path(folder) / NORMALIZATION_FILE
-        return cls(**json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else cls()
+        try:
+            return cls(**json.loads(file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise FinsentError(
+                f"{file}: missing; every model folder has the text normalisation it was trained with"
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+            raise FinsentError(f"{file}: not the JSON object that the pipeline writes") from None
 
 
 def save_text_processing(

@@ -2,14 +2,22 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from finsent.config import TokenizeParams
 from finsent.text import TextNormalization, save_text_processing
 
 TOKENIZER_SUBDIR = "tokenizer"
+
+TEACHER_LOGITS = "teacher_logits"
+"""Column of a training set with the teacher's logits of each row, shape (len(LABELS),)."""
+
+NO_LABEL = -100
+"""The label of a row that only the teacher labels (an augmented copy): cross-entropy skips it."""
 
 
 def load_fast_tokenizer(checkpoint_dir: Path, max_length: int) -> PreTrainedTokenizerBase:
@@ -19,12 +27,29 @@ def load_fast_tokenizer(checkpoint_dir: Path, max_length: int) -> PreTrainedToke
     return tokenizer
 
 
+def text_normalization(params: TokenizeParams) -> TextNormalization:
+    return TextNormalization(
+        url_replacement=params.url_replacement, cashtag_replacement=params.cashtag_replacement
+    )
+
+
 def tokenize_frame(
-    frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, normalize: TextNormalization
+    frame: pd.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    normalize: TextNormalization,
+    teacher_logits: np.ndarray | None = None,
 ) -> Dataset:
-    """Token ids and labels of a split; padding is left to each batch (dynamic padding)."""
-    encoded = tokenizer(normalize(frame["text"].tolist()), truncation=True)
-    return Dataset.from_dict({**encoded, "label": frame["label"].tolist()})
+    """Token ids of a split's texts, and their labels if it has a `label` column (None: NO_LABEL).
+
+    Padding is left to each batch (dynamic padding). With `teacher_logits`, one row a text, they are
+    the TEACHER_LOGITS column, for distillation.
+    """
+    columns = dict(tokenizer(normalize(frame["text"].tolist()), truncation=True))
+    if "label" in frame.columns:
+        columns["label"] = [NO_LABEL if label is None else int(label) for label in frame["label"]]
+    if teacher_logits is not None:
+        columns[TEACHER_LOGITS] = np.asarray(teacher_logits, dtype=np.float32).tolist()
+    return Dataset.from_dict(columns)
 
 
 def write_tokenized(

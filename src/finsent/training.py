@@ -1,5 +1,11 @@
-"""Fine-tuning with transformers' Trainer: LoRA, dynamic padding, length-grouped batches, best dev epoch."""
+"""Fine-tuning with transformers' Trainer: LoRA, dynamic padding, length-grouped batches, best dev epoch.
 
+The train stage (the model that is served) and the teacher stage (the model distilled into it) both
+train through `train_classifier`. With distillation, each training row carries the teacher's logits
+beside its label (`TEACHER_LOGITS`), and the loss is `distillation_loss`.
+"""
+
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,19 +17,21 @@ from sklearn.utils.class_weight import compute_class_weight
 from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
-from finsent.config import LABELS, Params, TrainParams
+from finsent.config import LABELS, DistillParams, LoraParams, TrainParams
 from finsent.distributed import shared_tempdir
 from finsent.metrics import DEV_METRICS, SELECTION_METRIC, headline_metrics
-from finsent.modeling import load_base_model, save_classifier, with_lora
-from finsent.pretrained import resolve_checkpoint
-from finsent.text import load_text_processing
-from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
+from finsent.modeling import load_base_model, with_lora
+from finsent.tokenization import NO_LABEL, TEACHER_LOGITS
+
+PROGRESS_LINES = 20
+"""Without a terminal (a log file, CI), training prints this many progress lines instead of a bar."""
 
 
 class EpochLogger(TrainerCallback):
@@ -49,23 +57,38 @@ class EpochLogger(TrainerCallback):
             self.live.make_summary()
 
 
+class ProgressLines(TrainerCallback):
+    """One line on stderr every so many steps, for logs that a progress bar would fill with redraws."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(1, state.max_steps // PROGRESS_LINES)
+        if state.is_world_process_zero and (state.global_step % every == 0):
+            print(
+                f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def _dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
     logits = torch.from_numpy(np.asarray(prediction.predictions, dtype=np.float32))
     return headline_metrics(prediction.label_ids, torch.softmax(logits, dim=-1).numpy())
 
 
-def classification_loss(params: TrainParams, train_set: Dataset) -> Callable:
-    """Cross-entropy weighted, smoothed and focused as `params` say: Trainer's compute_loss_func."""
+def classification_loss(params: TrainParams, labels: np.ndarray) -> Callable:
+    """Cross-entropy weighted, smoothed and focused as `params` say, over rows with a label.
+
+    `labels` are the training set's (NO_LABEL rows aside), for the balanced class weights.
+    """
     weights = None
     if params.class_weights == "balanced":
         classes = np.arange(len(LABELS))
         weights = torch.tensor(
-            compute_class_weight("balanced", classes=classes, y=np.asarray(train_set["label"])),
+            compute_class_weight("balanced", classes=classes, y=labels[labels != NO_LABEL]),
             dtype=torch.float32,
         )
 
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"].float()
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if weights is None else weights.to(logits.device)
         smoothing = params.label_smoothing
         if not params.focal_gamma:
@@ -83,10 +106,65 @@ def classification_loss(params: TrainParams, train_set: Dataset) -> Callable:
     return loss
 
 
-def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
-    train = params.train
+def distillation_loss(hard_loss: Callable, params: DistillParams) -> Callable:
+    """alpha * hard_loss(labelled rows) + (1 - alpha) * T^2 * KL(teacher_T || student_T) (all rows).
+
+    The T^2 keeps the soft term's gradients at the scale of the hard term's whatever T (Hinton et al.,
+    2015). Rows of augmented copies have NO_LABEL: the teacher's is their only target.
+    """
+    temperature = params.temperature
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        labelled = labels != NO_LABEL
+        hard = hard_loss(logits[labelled], labels[labelled]) if labelled.any() else logits.sum() * 0
+        soft = torch.nn.functional.kl_div(
+            torch.log_softmax(logits / temperature, dim=-1),
+            torch.log_softmax(teacher_logits.float() / temperature, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return params.alpha * hard + (1 - params.alpha) * temperature**2 * soft
+
+    return loss
+
+
+class DistillationCollator(DataCollatorWithPadding):
+    """Pads a batch as DataCollatorWithPadding does and packs each row's teacher logits after its
+    label: `labels` of shape (batch, 1 + len(LABELS)). Trainer hands `labels` alone to the loss, and
+    passes every other key to the model; rows without teacher logits (dev) keep plain labels."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        teacher = [feature.pop(TEACHER_LOGITS) for feature in features if TEACHER_LOGITS in feature]
+        batch = super().__call__(features)
+        if teacher:
+            batch["labels"] = torch.cat(
+                [batch["labels"][:, None].float(), torch.tensor(teacher, dtype=torch.float32)], dim=1
+            )
+        return batch
+
+
+def trainer_loss(train_params: TrainParams, distill: DistillParams | None, labels: np.ndarray) -> Callable:
+    """Trainer's compute_loss_func: the classification loss, or distillation where labels carry logits."""
+    hard = classification_loss(train_params, labels)
+    soft = distillation_loss(hard, distill) if distill is not None and distill.enabled else None
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"].float()
+        if labels.dim() == 2:  # packed by DistillationCollator
+            return soft(logits, labels[:, 0].long(), labels[:, 1:])
+        return hard(logits, labels)
+
+    return loss
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (oneDNN's own check: AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def training_arguments(train: TrainParams, output_dir: str) -> TrainingArguments:
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) or (not cuda and train.cpu_bf16 and native_cpu_bf16())
     # train.batch_size is the global batch: each of the N processes takes its share of every step.
     per_device_batch_size = train.batch_size // train.num_processes
     return TrainingArguments(
@@ -110,10 +188,14 @@ def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
         save_total_limit=1,
         save_only_model=True,
         label_names=["labels"],
+        # The datasets hold model inputs, the label and (distilling) the teacher's logits, which the
+        # collator packs into the labels: nothing for Trainer to drop by the model's signature.
+        remove_unused_columns=False,
         bf16=bf16,
         fp16=cuda and not bf16,
         report_to="none",
-        disable_tqdm=True,
+        # A progress bar on a terminal; without one, ProgressLines prints a line now and then.
+        disable_tqdm=not sys.stderr.isatty(),
         dataloader_pin_memory=cuda,
         # Without a GPU, say so: under torchrun accelerate then trains on the gloo process group; it
         # would otherwise see no device to be distributed over, and each process would train alone.
@@ -127,50 +209,69 @@ def training_arguments(params: Params, output_dir: str) -> TrainingArguments:
 
 
 def train_classifier(
-    params: Params, tokenized_dir: Path, model_dir: Path | None, live: Live | None
-) -> dict | None:
-    """Train on train, keep the epoch with the best dev macro-F1, save it to `model_dir`.
+    checkpoint_dir: Path,
+    lora: LoraParams,
+    train: TrainParams,
+    train_set: Dataset,
+    dev_set: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    distill: DistillParams | None = None,
+    live: Live | None = None,
+) -> tuple[Trainer, dict]:
+    """Train on `train_set`, keep the epoch with the best dev macro-F1 (`trainer.model` on return).
 
-    Returns the summary logged to `live`: the chosen epoch's dev metrics and the training speed.
-    In a launch of several processes, the ones other than rank 0 get no `model_dir` and no `live`:
-    they train their share and write nothing (and return None).
+    Returns the Trainer and a summary: the chosen epoch's dev metrics and the training speed (also
+    logged to `live`, if given). In a launch of several processes every one trains its share and
+    gets the same model; rank 0 alone writes outputs.
     """
-    checkpoint_dir = resolve_checkpoint(params.model.checkpoint, params.model.revision)
-    set_seed(params.train.seed)  # before the head is initialised
-    model = with_lora(load_base_model(checkpoint_dir), params.lora)
-    tokenizer, normalize = load_text_processing(tokenized_dir / TOKENIZER_SUBDIR)
-    train_set = read_tokenized(tokenized_dir, "train")
-    with shared_tempdir(prefix="finsent-checkpoints-") as scratch:
+    set_seed(train.seed)  # before the head is initialised
+    model = with_lora(load_base_model(checkpoint_dir), lora)
+    distilling = TEACHER_LOGITS in train_set.column_names
+    collator_class = DistillationCollator if distilling else DataCollatorWithPadding
+    callbacks = [] if live is None else [EpochLogger(live)]
+    if not sys.stderr.isatty():
+        callbacks.append(ProgressLines())
+    with shared_tempdir(prefix="finsent-checkpoints-") as folder:
         trainer = Trainer(
             model=model,
-            args=training_arguments(params, scratch),
+            args=training_arguments(train, folder),
             train_dataset=train_set,
-            eval_dataset=read_tokenized(tokenized_dir, "dev"),
-            data_collator=DataCollatorWithPadding(
+            eval_dataset=dev_set,
+            data_collator=collator_class(
                 tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None
             ),
-            compute_loss_func=classification_loss(params.train, train_set),
+            compute_loss_func=trainer_loss(train, distill, np.asarray(train_set["label"])),
             compute_metrics=_dev_metrics,
-            callbacks=[] if live is None else [EpochLogger(live)],
+            callbacks=callbacks,
         )
         result = trainer.train()
-    if live is None:
-        return None
+    history = trainer.state.log_history
     best = next(
-        entry
-        for entry in trainer.state.log_history
-        if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
+        entry for entry in history if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
     )
     summary = {
         "dev": {name: best[f"eval_{name}"] for name in DEV_METRICS},
         "best_epoch": round(best["epoch"]),
         "train": {
-            "loss": live.summary["train"]["loss"],
+            "loss": next(entry["loss"] for entry in reversed(history) if "loss" in entry),
             "samples_per_second": result.metrics["train_samples_per_second"],
             "runtime_s": result.metrics["train_runtime"],
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         },
     }
-    live.summary.update(summary)
-    save_classifier(trainer.model, tokenizer, normalize, params.model.checkpoint, checkpoint_dir, model_dir)
-    return summary
+    if live is not None:
+        live.summary.update(summary)
+    return trainer, summary
+
+
+def predict_logits(trainer: Trainer, dataset: Dataset) -> np.ndarray:
+    """The logits of every row of `dataset`, shape (rows, len(LABELS)), in its order.
+
+    Rows run in order of length, so that each batch pads little; the result is put back in order.
+    """
+    order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
+    columns = [name for name in dataset.column_names if name != TEACHER_LOGITS]
+    logits = trainer.predict(dataset.select(order).select_columns(columns)).predictions
+    result = np.empty_like(logits)
+    result[order] = logits
+    return result

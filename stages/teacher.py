@@ -1,0 +1,68 @@
+"""Stage teacher: a larger model fine-tuned on train (epoch chosen on dev), then its logits for train,
+dev and augmented copies of train, for the train stage to distil; its metrics on dev and validation.
+
+Its weights are not kept: all that the pipeline needs from it is the logits, which are small and in git.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from datasets import disable_progress_bars
+from scipy.special import softmax
+
+from finsent.atomic import atomic_dir, atomic_file
+from finsent.augmentation import augmented_copies
+from finsent.cli import run_cli
+from finsent.config import load_params
+from finsent.data import read_jsonl
+from finsent.distillation import AUGMENTED_FILE, SPLIT_FILES, write_logits
+from finsent.metrics import headline_metrics
+from finsent.pretrained import resolve_pretrained
+from finsent.tokenization import load_fast_tokenizer, text_normalization, tokenize_frame
+from finsent.training import predict_logits, train_classifier
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("raw_dir", type=Path, help="folder of train.jsonl, dev.jsonl, validation.jsonl")
+    parser.add_argument("out_dir", type=Path, help="folder for the logits: train, dev and augmented CSV")
+    parser.add_argument("metrics_file", type=Path)
+    args = parser.parse_args()
+    disable_progress_bars()
+    params = load_params()
+    teacher = params.teacher
+    splits = {split: read_jsonl(args.raw_dir / f"{split}.jsonl") for split in ("train", "dev", "validation")}
+    augmented = augmented_copies(splits["train"], teacher.augment)
+    checkpoint_dir = resolve_pretrained(teacher.checkpoint, teacher.revision, key="teacher.checkpoint")
+    tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
+    normalize = text_normalization(params.tokenize)
+    tokenized = {split: tokenize_frame(frame, tokenizer, normalize) for split, frame in splits.items()}
+    with atomic_dir(args.out_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
+        trainer, summary = train_classifier(
+            checkpoint_dir, teacher.lora, teacher.train, tokenized["train"], tokenized["dev"], tokenizer
+        )
+        trainer.args.per_device_eval_batch_size = teacher.label_batch_size
+        start = time.perf_counter()
+        logits = {split: predict_logits(trainer, dataset) for split, dataset in tokenized.items()}
+        augmented_logits = predict_logits(trainer, tokenize_frame(augmented, tokenizer, normalize))
+        labelled = sum(map(len, logits.values())) + len(augmented)
+        for split, file_name in SPLIT_FILES.items():
+            write_logits(staging / file_name, splits[split][["id"]], logits[split])
+        write_logits(staging / AUGMENTED_FILE, augmented, augmented_logits)
+        metrics = {
+            split: headline_metrics(splits[split]["label"].to_numpy(), softmax(logits[split], axis=1))
+            for split in ("dev", "validation")
+        }
+        metrics |= {
+            "best_epoch": summary["best_epoch"],
+            "train": summary["train"],
+            "labelling": {"texts": labelled, "runtime_s": round(time.perf_counter() - start, 1)},
+        }
+        metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({split: metrics[split] for split in ("dev", "validation")}, indent=2))
+
+
+if __name__ == "__main__":
+    run_cli(main)

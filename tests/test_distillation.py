@@ -1,0 +1,154 @@
+"""Distillation: the augmented copies, the teacher's files and their checks, the loss."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from datasets import Dataset
+
+from finsent.augmentation import augmented_copies, drop_words
+from finsent.config import AugmentParams, DistillParams
+from finsent.distillation import AUGMENTED_FILE, LOGIT_COLUMNS, distillation_rows, write_logits
+from finsent.errors import FinsentError
+from finsent.tokenization import NO_LABEL, TEACHER_LOGITS
+from finsent.training import DistillationCollator, classification_loss, distillation_loss, trainer_loss
+
+TRAIN = pd.DataFrame(
+    {
+        "id": [3, 5, 8],
+        "text": ["$AAPL beats estimates by a wide margin", "Fed holds rates", "$TSLA falls hard today"],
+        "label": [1, 2, 0],
+    }
+)
+DISTILL = DistillParams(enabled=True, alpha=0.5, temperature=2.0, augmented_copies=1)
+
+
+def test_word_dropout_keeps_cashtags_and_at_least_one_word():
+    rng = np.random.default_rng(0)
+    dropped = drop_words(["$AAPL beats estimates", "one", "a b c d e f g h"], 0.999, rng)
+    assert dropped[0] == "$AAPL"
+    assert dropped[1] == "one"
+    assert len(dropped[2].split()) == 1
+    assert drop_words(["a b c"], 1e-9, rng) == ["a b c"]
+
+
+def test_copies_are_seeded_and_copy_zero_does_not_depend_on_the_number_of_copies():
+    params = AugmentParams(copies=2, word_dropout=0.3, seed=7)
+    two = augmented_copies(TRAIN, params)
+    assert two["copy"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert two["id"].tolist() == [3, 5, 8] * 2
+    assert two.equals(augmented_copies(TRAIN, params))
+    one = augmented_copies(TRAIN, params.model_copy(update={"copies": 1}))
+    assert one.equals(two[two["copy"] == 0])
+    words = [set(text.split()) for text in TRAIN["text"]]
+    assert all(set(text.split()) <= words[i % 3] for i, text in enumerate(two["text"]))
+
+
+def teacher_files(folder, train=TRAIN, copies=2):
+    logits = np.arange(len(train) * 3, dtype=float).reshape(-1, 3) / 7
+    write_logits(folder / "train.csv", train[["id"]], logits)
+    augmented = augmented_copies(train, AugmentParams(copies=copies, word_dropout=0.2, seed=0))
+    write_logits(folder / AUGMENTED_FILE, augmented, np.ones((len(augmented), 3)))
+    return logits
+
+
+def test_distillation_rows_are_train_then_the_copies_with_the_teachers_logits(tmp_path):
+    logits = teacher_files(tmp_path)
+    rows, teacher = distillation_rows(TRAIN, tmp_path, DISTILL)
+    assert rows["id"].tolist() == [3, 5, 8, 3, 5, 8]
+    assert rows["label"].tolist()[:3] == [1, 2, 0]
+    assert rows["label"][3:].isna().all()
+    np.testing.assert_allclose(teacher[:3], logits, atol=1e-4)
+    np.testing.assert_allclose(teacher[3:], 1.0)
+    rows, teacher = distillation_rows(TRAIN, tmp_path, DISTILL.model_copy(update={"augmented_copies": 0}))
+    assert len(rows) == len(teacher) == 3
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda folder: (folder / "train.csv").unlink(), r"train.csv: missing \(run `dvc repro teacher`\)"),
+        (
+            lambda folder: teacher_files(folder, TRAIN.iloc[:2]),
+            r"train.csv: 2 rows, but the train split has 3: the teacher labelled other data",
+        ),
+        (
+            lambda folder: teacher_files(folder, TRAIN.iloc[[1, 0, 2]]),
+            r"train.csv: row 1 is id 5, where the train split has id 3",
+        ),
+        (
+            lambda folder: (folder / "train.csv").write_text("id,logit_Bearish\n3,1.0\n"),
+            r"train.csv: missing column\(s\) logit_Bullish, logit_Neutral",
+        ),
+        (
+            lambda folder: (folder / "train.csv").write_text(
+                "id," + ",".join(LOGIT_COLUMNS) + "\n3,1,2,3\n5,1,nan,2\n8,0,0,0\n"
+            ),
+            r"train.csv: row 2: a logit is not a finite number",
+        ),
+        (
+            lambda folder: teacher_files(folder, copies=0),
+            r"distill.augmented_copies: 1, but .*augmented.csv holds 0",
+        ),
+    ],
+    ids=["missing", "fewer-rows", "other-order", "columns", "nan", "too-few-copies"],
+)
+def test_teacher_outputs_that_do_not_match_train_stop_with_one_line(tmp_path, damage, message):
+    teacher_files(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(FinsentError, match=message):
+        distillation_rows(TRAIN, tmp_path, DISTILL)
+
+
+def test_distillation_loss_is_hintons():
+    hard = classification_loss(_train_params(), np.array([0, 1, 2]))  # plain cross-entropy
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.5, 0.0], [0.0, 3.0, 0.0]])
+    labels = torch.tensor([0, NO_LABEL])  # the second row is an augmented copy: no label
+    loss = distillation_loss(hard, DISTILL)(student, labels, teacher).item()
+    t = 2.0
+    p_teacher = torch.softmax(teacher / t, dim=1)
+    log_student = torch.log_softmax(student / t, dim=1)
+    kl = (p_teacher * (p_teacher.log() - log_student)).sum(dim=1).mean().item()
+    ce = torch.nn.functional.cross_entropy(student[:1], labels[:1]).item()
+    assert loss == pytest.approx(0.5 * ce + 0.5 * t**2 * kl, rel=1e-5)
+    # alpha 1: the labels alone; alpha 0 and the teacher's own logits: nothing to learn.
+    alone = distillation_loss(hard, DISTILL.model_copy(update={"alpha": 1.0}))(student, labels, teacher)
+    assert alone.item() == pytest.approx(ce, rel=1e-5)
+    zero = distillation_loss(hard, DISTILL.model_copy(update={"alpha": 0.0}))(teacher, labels, teacher)
+    assert zero.item() == pytest.approx(0.0, abs=1e-6)
+    assert not math.isnan(distillation_loss(hard, DISTILL)(student, torch.tensor([NO_LABEL] * 2), teacher))
+
+
+def test_collator_packs_teacher_logits_into_the_labels_and_the_loss_unpacks_them(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    rows = Dataset.from_dict(
+        {
+            **tokenizer(["a b c", "d"]),
+            "label": [2, NO_LABEL],
+            TEACHER_LOGITS: [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]],
+        }
+    )
+    batch = DistillationCollator(tokenizer)([rows[0], rows[1]])
+    assert TEACHER_LOGITS not in batch
+    assert batch["labels"].tolist() == [[2.0, 0.0, 1.0, 2.0], [-100.0, 3.0, 4.0, 5.0]]
+    student = {"logits": torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])}
+    loss = trainer_loss(_train_params(), DISTILL, np.array([2, NO_LABEL]))
+    expected = distillation_loss(classification_loss(_train_params(), np.array([2])), DISTILL)(
+        student["logits"], torch.tensor([2, NO_LABEL]), batch["labels"][:, 1:]
+    )
+    assert loss(student, batch["labels"]).item() == pytest.approx(expected.item())
+    # Dev batches carry plain labels: the classification loss alone.
+    plain = trainer_loss(_train_params(), DISTILL, np.array([2]))(student, torch.tensor([2, 0]))
+    ce = torch.nn.functional.cross_entropy(student["logits"], torch.tensor([2, 0]))
+    assert plain.item() == pytest.approx(ce.item())
+
+
+def _train_params():
+    from test_training import train_params
+
+    return train_params()
