@@ -135,8 +135,16 @@ def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
     name = experiments[0]["revs"][0]["name"]
     scoring = ["finsent-score-runs", "--split", "dev", "--ensemble", name, name]
     rows = run(scoring, cwd=repo).stdout.splitlines()
-    assert rows[2] == rows[3] == f"| {name} | 42 | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
-    assert rows[5] == f"| ensemble of 2 | | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
+    assert rows[2] == rows[3] == f"|  | {name} | 42 | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
+    assert rows[5] == f"|  | ensemble of 2 | | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
+    grouped = ["finsent-score-runs", "--split", "dev", f"a={name}", f"b={name},{name}"]
+    rows = run(grouped, cwd=repo).stdout.splitlines()
+    assert rows[2] == f"| a | {name} | 42 | {dev['macro_f1']:.4f} | {dev['accuracy']:.4f} |"
+    assert rows[5].startswith(f"| b | mean (sd) of 2 | | {dev['macro_f1']:.4f} (0.0000) |")
+    failed = run(["finsent-score-runs", "no-such-experiment"], cwd=repo, check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: no-such-experiment: cannot get models (")
+    assert failed.stderr.count("\n") == 1
 
 
 def test_bad_checkpoint_stops_repro_with_one_line(pipeline_repo):

@@ -1,12 +1,15 @@
 """Scores of runs already trained, without training them again: each run, their spread, their ensemble.
 
     finsent-score-runs [--split dev|validation] [--ensemble] REV [REV ...]
+    finsent-score-runs [--split dev|validation] GROUP=REV,REV,... [GROUP=REV,...]
 
 For each run (an experiment name or a commit, as `dvc exp list` shows them): its `models/` from the
 DVC cache, scored on `data/raw/<split>.jsonl` as the evaluate stage scores it (the same predictor,
-which applies the run's own saved text normalisation, and the same metrics). Prints a Markdown row
-a run, then the mean and sample standard deviation of macro-F1 and accuracy. `--ensemble` adds a row
-for the runs' class probabilities averaged, tweet by tweet: what an ensemble of these models scores.
+which applies the run's own saved text normalisation, and the same metrics). Prints one Markdown
+table: a row a run, then for each group of runs the mean and sample standard deviation of macro-F1
+and accuracy (plain REVs form one group). `--ensemble` adds a row a group for the runs' class
+probabilities averaged, tweet by tweet: what an ensemble of these models scores. Groups put, for
+example, three seeds of the distilled student beside the same seeds trained without the teacher.
 
 What it is for: the other seeds of the committed params run up to `train` as experiments;
 validation is read here, once, for those runs alone. Ideas that need no training,
@@ -25,12 +28,18 @@ from ruamel.yaml import YAML
 from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
+from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.predictors import TorchPredictor
 
 
 def dvc_get(path: str, rev: str, out: Path) -> Path:
-    subprocess.run(["dvc", "get", ".", path, "--rev", rev, "-o", str(out)], check=True)
+    result = subprocess.run(
+        ["dvc", "get", ".", path, "--rev", rev, "-o", str(out)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FinsentError(f"{rev}: cannot get {path} ({reason})")
     return out
 
 
@@ -42,32 +51,56 @@ def run_probabilities(rev: str, texts: list[str], folder: Path) -> tuple[int, np
     return YAML(typ="safe").load(recorded.read_text())["train"]["seed"], predictor.predict_proba(texts)
 
 
+def parse_groups(arguments: list[str]) -> dict[str, list[str]]:
+    """`GROUP=REV,REV` arguments as {GROUP: [REV, REV]}; plain REVs as one group named ""."""
+    groups: dict[str, list[str]] = {}
+    for argument in arguments:
+        name, _, revs = argument.rpartition("=") if "=" in argument else ("", "", argument)
+        if not all(revs.split(",")):
+            raise FinsentError(f"{argument!r}: an empty revision (expected GROUP=REV,REV,... or REV)")
+        groups.setdefault(name, []).extend(revs.split(","))
+    return groups
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("revs", nargs="+", metavar="REV")
+    parser.add_argument("runs", nargs="+", metavar="REV or GROUP=REV,REV,...")
     parser.add_argument("--split", choices=("dev", "validation"), default="validation")
-    parser.add_argument("--ensemble", action="store_true", help="add the averaged probabilities' row")
+    parser.add_argument("--ensemble", action="store_true", help="add each group's averaged probabilities")
     args = parser.parse_args(argv)
-    print(f"| run | seed | {args.split} macro-F1 | accuracy |\n|---|---|---|---|")
-    split = read_jsonl(Path("data") / "raw" / f"{args.split}.jsonl")
+    groups = parse_groups(args.runs)
+    split_file = Path("data") / "raw" / f"{args.split}.jsonl"
+    if not split_file.is_file():
+        raise FinsentError(f"{split_file}: missing (run `dvc repro download` first)")
+    split = read_jsonl(split_file)
     labels = split["label"].to_numpy()
-    scores, probabilities = [], []
+    print(f"| group | run | seed | {args.split} macro-F1 | accuracy |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
-        for index, rev in enumerate(args.revs):
-            seed, run = run_probabilities(rev, split["text"].tolist(), Path(work) / str(index))
-            metrics = headline_metrics(labels, run)
-            scores.append((metrics["macro_f1"], metrics["accuracy"]))
-            probabilities.append(run)
-            print(f"| {rev} | {seed} | {metrics['macro_f1']:.4f} | {metrics['accuracy']:.4f} |", flush=True)
-    if len(scores) > 1:
-        f1, accuracy = zip(*scores, strict=True)
-        print(
-            f"| mean (sd) | | {statistics.mean(f1):.4f} ({statistics.stdev(f1):.4f}) "
-            f"| {statistics.mean(accuracy):.4f} ({statistics.stdev(accuracy):.4f}) |"
-        )
-    if args.ensemble:
-        ensemble = headline_metrics(labels, np.mean(probabilities, axis=0))
-        print(f"| ensemble of {len(scores)} | | {ensemble['macro_f1']:.4f} | {ensemble['accuracy']:.4f} |")
+        for group, revs in groups.items():
+            scores, probabilities = [], []
+            for rev in revs:
+                folder = Path(work) / str(len(list(Path(work).iterdir())))
+                seed, run = run_probabilities(rev, split["text"].tolist(), folder)
+                metrics = headline_metrics(labels, run)
+                scores.append((metrics["macro_f1"], metrics["accuracy"]))
+                probabilities.append(run)
+                print(
+                    f"| {group} | {rev} | {seed} | {metrics['macro_f1']:.4f} | {metrics['accuracy']:.4f} |",
+                    flush=True,
+                )
+            if len(scores) > 1:
+                f1, accuracy = zip(*scores, strict=True)
+                print(
+                    f"| {group} | mean (sd) of {len(scores)} | | {statistics.mean(f1):.4f} "
+                    f"({statistics.stdev(f1):.4f}) | {statistics.mean(accuracy):.4f} "
+                    f"({statistics.stdev(accuracy):.4f}) |"
+                )
+            if args.ensemble:
+                ensemble = headline_metrics(labels, np.mean(probabilities, axis=0))
+                print(
+                    f"| {group} | ensemble of {len(scores)} | | {ensemble['macro_f1']:.4f} "
+                    f"| {ensemble['accuracy']:.4f} |"
+                )
 
 
 def cli() -> None:
