@@ -1,6 +1,8 @@
 # The training environment: runs the DVC pipeline on the checkout mounted at /project.
 #   docker build -f docker/train.Dockerfile -t finsent-train .
-#   docker run --rm -v "$PWD:/project" finsent-train                      # dvc repro, on the CPU
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/project" finsent-train   # dvc repro, on the CPU
+# It runs as an unprivileged user; --user makes it yours, so that what the pipeline writes into the
+# mounted checkout belongs to you, not to root.
 # CUDA: a PyTorch wheel built for CUDA, and any base image with Python 3.11 (the driver comes from the
 # host through the NVIDIA container toolkit, `docker run --gpus all ...`):
 #   docker build -f docker/train.Dockerfile --build-arg TORCH_VARIANT=cu128 -t finsent-train-cuda .
@@ -32,7 +34,11 @@ RUN grep '^torch==' requirements.txt \
     && pip install -r requirements.txt
 
 WORKDIR /project
-# The checkout may belong to another user than the container's.
-RUN git config --system --add safe.directory /project
+# The checkout belongs to another user than the container's default one.
+RUN git config --system --add safe.directory /project \
+    && useradd --system --create-home --uid 10001 finsent
+# Caches (Hugging Face, the extracted teacher model) in a folder any --user can write.
+ENV HOME=/tmp/home XDG_CACHE_HOME=/tmp/cache
+USER 10001
 # Stages import the package from the mounted tree (PYTHONPATH=src in dvc.yaml): nothing else to install.
 CMD ["dvc", "repro"]
