@@ -9,6 +9,7 @@ from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.metrics import classification_metrics, precision_recall_curves, predictions_table
+from finsent.plot_data import precision_recall_table
 from finsent.predictors import TorchPredictor
 
 
@@ -27,9 +28,10 @@ def main() -> None:
     metrics = classification_metrics(labels, probabilities)
     with atomic_dir(args.plots_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
         predictions_table(split["id"], labels, probabilities).to_csv(staging / "predictions.csv", index=False)
-        (staging / "precision_recall").mkdir()
-        for name, curve in precision_recall_curves(labels, probabilities).items():
-            curve.to_csv(staging / "precision_recall" / f"{name}.csv", index=False)
+        curves = precision_recall_curves(labels, probabilities)
+        precision_recall_table(curves, metrics["per_class"]).to_csv(
+            staging / "precision_recall.csv", index=False
+        )
         metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({key: metrics[key] for key in ("macro_f1", "accuracy")}, indent=2))
 

@@ -7,38 +7,42 @@ import pytest
 from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
 from PIL import Image
 from ruamel.yaml import YAML
+from test_plots import plot_templates, project_dvc_yaml
 
+from finsent.config import LABELS
 from finsent.experiments.compare import compare_predictions, comparison_markdown
 from finsent.experiments.report import REPORT_FILE
 
-DVC_YAML = """\
-metrics:
-  - metrics/train/metrics.json
-  - metrics/validation.json
-plots:
-  - Confusion matrix (validation):
-      template: confusion
-      x: actual
-      y:
-        plots/predictions.csv: predicted
-  - Precision-recall by class (validation, one vs rest):
-      template: simple
-      x: recall
-      y:
-        plots/precision_recall/Bearish.csv: precision
-        plots/precision_recall/Neutral.csv: precision
-"""
+# The project's own plot definitions and templates, and the metrics files the report compares.
+DVC_YAML = project_dvc_yaml("plots", metrics=["metrics/train/metrics.json", "metrics/validation.json"])
+PLOTS = {  # title: image
+    "Confusion matrix (validation)": "confusion-matrix-validation.png",
+    "Confusion matrix, share of each actual class (validation; recall on the diagonal)": (
+        "confusion-matrix-share-of-each-actual-class-validation-recall-on-the-diagonal.png"
+    ),
+    "Precision-recall, one panel per class (validation, one vs rest)": (
+        "precision-recall-one-panel-per-class-validation-one-vs-rest.png"
+    ),
+    "Dev macro-F1 by epoch": "dev-macro-f1-by-epoch.png",
+    "Loss by epoch (train and dev)": "loss-by-epoch-train-and-dev.png",
+}
+CURVES = "Precision-recall, one panel per class (validation, one vs rest)"
 
 
 def revision_files(predictions, learning_rate: str, dev_f1: float, validation_f1: float) -> dict[str, str]:
-    curve = f"recall,precision\n1.0,0.2\n0.5,{validation_f1}\n0.0,1.0\n"
+    points = [(1.0, 0.2), (0.5, validation_f1), (0.0, 1.0)]  # (recall, precision)
+    curves = "class,recall,precision,average_precision\n" + "".join(
+        f"{name},{recall},{precision},{validation_f1}\n" for name in LABELS for recall, precision in points
+    )
     return {
         "params.yaml": f"train:\n  learning_rate: {learning_rate}\n  epochs: 3\n",
         "metrics/train/metrics.json": json.dumps({"dev": {"macro_f1": dev_f1}}),
         "metrics/validation.json": json.dumps({"macro_f1": validation_f1}),
+        "metrics/train/plots/metrics/dev/macro_f1.tsv": f"step\tmacro_f1\n0\t0.5\n1\t{dev_f1}\n",
+        "metrics/train/plots/metrics/train/loss.tsv": "step\tloss\n0\t0.9\n1\t0.7\n",
+        "metrics/train/plots/metrics/dev/log_loss.tsv": "step\tlog_loss\n0\t0.8\n1\t0.75\n",
         "plots/predictions.csv": predictions.to_csv(index=False),
-        "plots/precision_recall/Bearish.csv": curve,
-        "plots/precision_recall/Neutral.csv": curve,
+        "plots/precision_recall.csv": curves,
     }
 
 
@@ -51,7 +55,8 @@ def predictions():
 def pull_request(tmp_path, predictions):
     """main, and a branch `change` checked out whose params, metrics and predictions differ."""
     repo = git_dvc_repo(tmp_path / "repo")
-    commit_files(repo, {"dvc.yaml": DVC_YAML, **revision_files(predictions[0], "0.001", 0.61, 0.6)}, "main")
+    main = {"dvc.yaml": DVC_YAML, **plot_templates(), **revision_files(predictions[0], "0.001", 0.61, 0.6)}
+    commit_files(repo, main, "main")
     run(["git", "checkout", "-qb", "change"], cwd=repo)
     commit_files(repo, revision_files(predictions[1], "0.0003", 0.72, 0.7), "change")
     return repo
@@ -77,16 +82,29 @@ def test_report_has_the_diffs_the_significance_and_both_revisions_plots(pull_req
     assert comparison_markdown(expected) in text
 
     images = sorted((repo / "report").glob("*.png"))
-    assert [image.name for image in images] == [
-        "confusion-matrix-validation.png",
-        "precision-recall-by-class-validation-one-vs-rest.png",
-    ]
+    assert [image.name for image in images] == sorted(PLOTS.values())
+    assert [line[4:] for line in text.splitlines() if line.startswith("### ")] == list(PLOTS)
+    assert "No data" not in text
     for image in images:
         assert f"(https://example.invalid/pr-1/{image.name})" in text
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(image) as png:
             png.load()  # decodes every pixel: fails on a truncated or corrupt file
             assert png.width > 300 and png.height > 200
+
+
+def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_request):
+    # The first pull request after a plot was added: its data file is new, the base has none.
+    run(["git", "checkout", "-q", "main"], cwd=pull_request)
+    run(["git", "rm", "-q", "plots/precision_recall.csv"], cwd=pull_request)
+    run(["git", "commit", "-qm", "no precision-recall table yet"], cwd=pull_request)
+    run(["git", "checkout", "-q", "change"], cwd=pull_request)
+    report(pull_request, "--resamples", "200")
+    text = (pull_request / "report/report.md").read_text()
+    section = text.split(f"### {CURVES}\n")[1].split("###")[0]
+    image = PLOTS[CURVES]
+    assert section == f"\nNo data: `plots/precision_recall.csv` at main.\n\n![{CURVES}]({image})\n\n"
+    assert (pull_request / "report" / image).is_file()
 
 
 def test_bad_base_revision_is_named(pull_request):

@@ -2,20 +2,18 @@
 
 Params and metrics as `dvc params diff` and `dvc metrics diff` give them, whether the change of the
 validation predictions is real (`finsent.experiments.compare`), and every plot of `dvc.yaml` for both
-revisions, rendered to PNG by vl-convert (Vega-Lite compiled in-process: no browser).
+revisions, drawn to PNG by vl-convert (`finsent.experiments.plots`: in-process, no browser).
 """
 
 import argparse
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from finsent.atomic import atomic_dir
 from finsent.cli import run_cli
 from finsent.errors import FinsentError
 from finsent.experiments.compare import compare_predictions, comparison_markdown, read_predictions
+from finsent.experiments.plots import draw_png, dvc_plots, run_dvc
 
 REPORT_FILE = "report.md"
 
@@ -37,9 +35,9 @@ def write_pr_report(
         resamples=resamples,
         seed=seed,
     )
-    params = _table_or(_dvc("params", "diff", base, "--md"), "No param changed.")
-    metrics = _table_or(_dvc("metrics", "diff", base, "--md"), "No metric changed.")
-    plots = _plot_specs(base)
+    params = _table_or(run_dvc("params", "diff", base, "--md"), "No param changed.")
+    metrics = _table_or(run_dvc("metrics", "diff", base, "--md"), "No metric changed.")
+    plots = dvc_plots([base])
     with atomic_dir(out_dir) as staging:
         sections = [
             f"# Model report: workspace against `{base}`\n",
@@ -49,10 +47,15 @@ def write_pr_report(
             + comparison_markdown(comparison),
             "## Plots (both revisions)\n",
         ]
-        for title, spec in plots.items():
-            image = _slug(title) + ".png"
-            (staging / image).write_bytes(_render_png(spec, title))
-            sections.append(f"### {title}\n\n![{title}]({image_url}{image})\n")
+        for plot in plots:
+            sections.append(f"### {plot.title}\n")
+            if plot.missing:
+                lacking = ", ".join(f"`{source}` at {revision}" for source, revision in plot.missing)
+                sections.append(f"No data: {lacking}.\n")
+            if plot.spec is not None:
+                image = _slug(plot.title) + ".png"
+                (staging / image).write_bytes(draw_png(plot))
+                sections.append(f"![{plot.title}]({image_url}{image})\n")
         (staging / REPORT_FILE).write_text("\n".join(sections), encoding="utf-8")
     return out_dir / REPORT_FILE
 
@@ -84,45 +87,10 @@ def _check_base(base: str) -> None:
             raise FinsentError(f"{path}: unreadable at revision '{base}' ({error})")
 
 
-def _dvc(*args: str) -> str:
-    """stdout of a DVC command; its error as a FinsentError if it fails."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise FinsentError(f"dvc {' '.join(args)}: {lines[-1] if lines else f'exit {result.returncode}'}")
-    return result.stdout
-
-
 def _table_or(markdown: str, nothing: str) -> str:
     """A Markdown table from DVC, or `nothing` where it has no row below its header."""
     rows = [line for line in markdown.splitlines() if line.startswith("|")]
     return markdown.strip() + "\n" if len(rows) > 2 else nothing + "\n"
-
-
-def _plot_specs(base: str) -> dict[str, dict]:
-    """Each plot of dvc.yaml as a Vega-Lite spec holding the data of `base` and of the workspace."""
-    # `--json` gives every plot filled in one call (`--show-vega` takes one target a call, dvc#7445).
-    output = json.loads(_dvc("plots", "diff", base, "--json"))
-    for error in output.get("errors", []):
-        where = ", ".join(str(error[key]) for key in ("name", "rev", "source") if key in error)
-        raise FinsentError(f"plot {where}: {error.get('msg') or error.get('type', 'unreadable')}")
-    specs = {}
-    for title, renderers in output.get("data", {}).items():
-        for renderer in renderers:
-            if renderer["type"] == "vega":
-                specs[title] = renderer["content"]
-    if not specs:
-        raise FinsentError("dvc.yaml: no plots to render")
-    return specs
-
-
-def _render_png(spec: dict, title: str) -> bytes:
-    import vl_convert
-
-    try:
-        return vl_convert.vegalite_to_png(spec, scale=2)
-    except ValueError as error:
-        raise FinsentError(f"plot {title}: Vega-Lite could not render it ({error})") from None
 
 
 def _slug(title: str) -> str:

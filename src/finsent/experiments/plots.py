@@ -1,0 +1,170 @@
+"""dvc.yaml's plots drawn offline: one self-contained HTML page (`finsent-plots`), or PNG images.
+
+DVC fills each plot's template with the data of each revision (`dvc plots show --json`, or
+`dvc plots diff REV... --json`); vl-convert compiles and draws the Vega-Lite in-process. The page
+`dvc plots show` writes loads vega from a CDN and stays blank without internet; this one holds the
+plots as SVG, with no script and nothing fetched.
+"""
+
+import argparse
+import html
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finsent.atomic import atomic_file
+from finsent.cli import run_cli
+from finsent.errors import FinsentError
+
+DEFAULT_PAGE = Path("dvc_plots/offline.html")
+"""Beside `dvc plots show`'s own page, in the folder the project's .gitignore keeps out of git."""
+
+# Inside a tag: an href or src attribute, or a CSS url(), pointing anywhere but within the SVG (#id)
+# or at inline data. (Text content cannot hold a tag: Vega writes `<` in text as `&lt;`.)
+_OUTSIDE_REFERENCE = re.compile(
+    r"""<[^>]*?(?:\s(?:xlink:)?(?:href|src)\s*=\s*["'](?!#|data:)|url\(\s*["']?(?!#|data:))([^"'\s>)]*)"""
+)
+
+# The browser's own guard as well: nothing outside the page may load, whatever it holds.
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; \
+img-src data:">
+<title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+section {{ margin-bottom: 3em; }}
+svg {{ max-width: 100%; height: auto; }}
+.missing {{ color: #a33; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+{sections}
+</body>
+</html>
+"""
+
+
+@dataclass
+class Plot:
+    """One plot of dvc.yaml: its Vega-Lite spec holding every revision's data, and what it lacks."""
+
+    title: str
+    spec: dict | None  # None: no revision has its data
+    revisions: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (data file, revision)
+
+
+def run_dvc(*args: str) -> str:
+    """stdout of a DVC command; its error as a FinsentError if it fails."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise FinsentError(f"dvc {' '.join(args)}: {lines[-1] if lines else f'exit {result.returncode}'}")
+    return result.stdout
+
+
+def dvc_plots(revisions: list[str]) -> list[Plot]:
+    """dvc.yaml's plots: the workspace's with no `revisions`, else those of `dvc plots diff REVISIONS`.
+
+    A data file missing at a revision (a plot added after it, a stage not yet run) is noted on the
+    plot, which shows the revisions that have it; any other error stops.
+    """
+    # `--json` gives every plot filled in one call (`--show-vega` takes one target a call, dvc#7445).
+    command = ["plots", "diff", *revisions] if revisions else ["plots", "show"]
+    output = json.loads(run_dvc(*command, "--json"))
+    missing: dict[str, list[tuple[str, str]]] = {}
+    for error in output.get("errors", []):
+        if error.get("type") == "FileNotFoundError" and "source" in error:
+            missing.setdefault(error["name"], []).append((error["source"], error["rev"]))
+            continue
+        where = ", ".join(str(error[key]) for key in ("name", "rev", "source") if key in error)
+        raise FinsentError(f"plot {where}: {error.get('msg') or error.get('type', 'unreadable')}")
+    plots = []
+    for title, renderers in output.get("data", {}).items():
+        drawn = [renderer for renderer in renderers if renderer["type"] == "vega"]
+        spec, shown = (drawn[0]["content"], drawn[0]["revisions"]) if drawn else (None, [])
+        plots.append(Plot(title, spec, shown, missing.get(title, [])))
+    if not any(plot.spec for plot in plots):
+        raise FinsentError("dvc.yaml: no plot has data to draw")
+    return plots
+
+
+def _convert(plot: Plot, convert, **options):
+    try:
+        # The data is inline: allowing no base URL means nothing is fetched, whatever the spec says.
+        return convert(plot.spec, allowed_base_urls=[], **options)
+    except ValueError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 else lines[0]  # line 0 only says the conversion failed
+        raise FinsentError(f"plot {plot.title}: Vega-Lite could not draw it ({reason})") from None
+
+
+def draw_svg(plot: Plot) -> str:
+    """The plot as SVG; refused if it would load anything from outside itself (an image mark's URL)."""
+    import vl_convert
+
+    svg = _convert(plot, vl_convert.vegalite_to_svg)
+    if outside := _OUTSIDE_REFERENCE.search(svg):
+        raise FinsentError(f"plot {plot.title}: refers to {outside.group(1)}, outside the page")
+    return svg
+
+
+def draw_png(plot: Plot) -> bytes:
+    import vl_convert
+
+    return _convert(plot, vl_convert.vegalite_to_png, scale=2)
+
+
+def plots_page(plots: list[Plot]) -> str:
+    """One HTML page holding every plot as inline SVG: no script, no link, nothing to fetch."""
+    revisions = list(dict.fromkeys(revision for plot in plots for revision in plot.revisions))
+    sections = []
+    for plot in plots:
+        parts = [f"<h2>{html.escape(plot.title)}</h2>"]
+        if plot.missing:
+            lacking = ", ".join(f"{source} at {revision}" for source, revision in plot.missing)
+            parts.append(f'<p class="missing">No data: {html.escape(lacking)}.</p>')
+        if plot.spec is not None:
+            parts.append(draw_svg(plot))
+        sections.append("<section>\n" + "\n".join(parts) + "\n</section>")
+    title = html.escape(f"Plots of dvc.yaml: {', '.join(revisions)}")
+    return _PAGE.format(title=title, sections="\n".join(sections))
+
+
+def write_plots_page(out: Path, revisions: list[str]) -> Path:
+    """Write the page of `revisions`' plots (the workspace's with none) to `out`; return it."""
+    page = plots_page(dvc_plots(revisions))
+    with atomic_file(out) as staging:
+        staging.write_text(page, encoding="utf-8")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument(
+        "revisions",
+        nargs="*",
+        help="revisions as `dvc plots diff` takes them: one is drawn beside the workspace,\n"
+        "several alone (default: the workspace alone, as `dvc plots show`)",
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, default=DEFAULT_PAGE, help=f"page to write ({DEFAULT_PAGE})"
+    )
+    args = parser.parse_args()
+    print(write_plots_page(args.out, args.revisions).resolve().as_uri())
+
+
+def cli() -> None:
+    """The `finsent-plots` command: main() with expected errors as one line."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

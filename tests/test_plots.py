@@ -1,0 +1,335 @@
+"""dvc.yaml's plots: the evaluate stage's tables, drawn by `finsent-plots` into a page that opens offline.
+
+The page is checked as drawn: the SVG of each plot is parsed and its marks read back (each confusion
+cell's number, each precision-recall panel's legend) against what scikit-learn computes from the same
+files, in throw-away git + DVC repositories holding the project's own plot definitions and templates.
+"""
+
+import json
+import re
+import shutil
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import (
+    PROJECT,
+    SOURCE_ENV,
+    commit_files,
+    git_dvc_repo,
+    run,
+    set_git_identity,
+    stage_script,
+    tiny_trained_model,
+)
+from ruamel.yaml import YAML
+
+from finsent.config import LABELS
+from finsent.data import SOURCE_FILES, read_source_csv, to_jsonl
+from finsent.metrics import classification_metrics, precision_recall_curves
+from finsent.plot_data import precision_recall_table
+
+SVG = "{http://www.w3.org/2000/svg}"
+PAGE = "dvc_plots/offline.html"
+COUNTS = "Confusion matrix (validation)"
+SHARES = "Confusion matrix, share of each actual class (validation; recall on the diagonal)"
+CURVES = "Precision-recall, one panel per class (validation, one vs rest)"
+# dvclive's files for the two training plots, so that every plot of dvc.yaml has data.
+TRAINING_CURVES = {
+    "metrics/train/plots/metrics/dev/macro_f1.tsv": "step\tmacro_f1\n0\t0.61\n1\t0.72\n",
+    "metrics/train/plots/metrics/train/loss.tsv": "step\tloss\n0\t0.9\n1\t0.7\n",
+    "metrics/train/plots/metrics/dev/log_loss.tsv": "step\tlog_loss\n0\t0.8\n1\t0.75\n",
+}
+
+
+def project_dvc_yaml(*sections: str, **more) -> str:
+    """The project's dvc.yaml reduced to its vars and the given top-level sections (no stages), and `more`."""
+    project = YAML(typ="safe").load((PROJECT / "dvc.yaml").read_text())
+    return json.dumps(
+        {"vars": project["vars"], **{name: project[name] for name in sections}, **more}, indent=1
+    )
+
+
+def plot_templates() -> dict[str, str]:
+    """The project's plot templates (DVC's template folder, .dvc/plots/), as files to commit."""
+    return {f".dvc/plots/{file.name}": file.read_text() for file in (PROJECT / ".dvc/plots").glob("*")}
+
+
+def with_project_plots() -> dict[str, str]:
+    """The project's plot definitions and templates, as files to commit."""
+    return {"dvc.yaml": project_dvc_yaml("plots"), **plot_templates()}
+
+
+def draw(repo: Path, *args: str, check: bool = True):
+    """`finsent-plots ARGS` in `repo`, importing this checkout's source."""
+    return run(["python", "-m", "finsent.experiments.plots", *args], cwd=repo, env=SOURCE_ENV, check=check)
+
+
+def plot_svgs(page: str) -> dict[str, ET.Element]:
+    """Each drawn plot of the page, parsed, by its heading."""
+    sections = re.findall(
+        r"<section>\n<h2>(.*?)</h2>\n(?:<p .*?</p>\n)?(<svg.*?</svg>)?\n</section>", page, re.S
+    )
+    return {title: ET.fromstring(svg) for title, svg in sections if svg}
+
+
+def groups(svg: ET.Element, role: str) -> list[ET.Element]:
+    return [g for g in svg.iter(f"{SVG}g") if role in g.get("class", "").split()]
+
+
+def texts(element: ET.Element) -> list[str]:
+    return [text.text for text in element.iter(f"{SVG}text")]
+
+
+def axis_titles(svg: ET.Element) -> set[str]:
+    return {title for group in groups(svg, "role-axis-title") for title in texts(group)}
+
+
+def cells_by_revision(svg: ET.Element) -> dict[str, dict[tuple[str, str], str]]:
+    """A confusion plot's numbers: for each revision (column), (actual, predicted) -> text in the cell."""
+    (header,) = groups(svg, "role-column-header")
+    panels = [g for g in groups(svg, "role-mark") if "mark-text" in g.get("class")]
+    drawn = {}
+    for revision, panel in zip(texts(header), panels, strict=True):
+        drawn[revision] = {}
+        for text in panel.iter(f"{SVG}text"):
+            fields = dict(part.split(": ") for part in text.get("aria-label").split("; "))
+            drawn[revision][(fields["actual"], fields["predicted"])] = text.text
+    return drawn
+
+
+def confusion(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each (actual, predicted) pair, every pair of classes present (scikit-learn's matrix)."""
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(predictions["actual"], predictions["predicted"], labels=LABELS)
+    return pd.DataFrame(matrix, index=LABELS, columns=LABELS)
+
+
+def assert_counts_drawn(cells: dict, predictions: pd.DataFrame) -> None:
+    expected = confusion(predictions)
+    assert cells == {(a, p): str(expected.loc[a, p]) for a in LABELS for p in LABELS}
+
+
+def assert_shares_drawn(cells: dict, predictions: pd.DataFrame) -> None:
+    expected = confusion(predictions)
+    shares = expected.div(expected.sum(axis=1), axis=0)
+    assert set(cells) == {(a, p) for a in LABELS for p in LABELS}
+    for (actual, predicted), text in cells.items():
+        assert text.endswith("%")
+        assert float(text[:-1]) / 100 == pytest.approx(shares.loc[actual, predicted], abs=0.0005 + 1e-9)
+
+
+@pytest.fixture(scope="module")
+def evaluated_repo(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
+    """A git + DVC repo with the project's plots and the real evaluate stage's outputs for a tiny model
+    on 200 validation rows, committed on main (the model and the split stay out of git)."""
+    repo = git_dvc_repo(tmp_path_factory.mktemp("evaluated") / "repo")
+    shutil.copy(PROJECT / "params.yaml", repo / "params.yaml")
+    validation = read_source_csv(small_mirror / SOURCE_FILES["validation"])
+    (repo / "data/raw").mkdir(parents=True)
+    (repo / "data/raw/validation.jsonl").write_bytes(to_jsonl(validation))
+    tiny_trained_model(tiny_bert_dir, repo / "models")
+    evaluate = ["models", "data/raw/validation.jsonl", "metrics/validation.json", "plots"]
+    run([*stage_script("evaluate.py"), *evaluate], cwd=repo, env=SOURCE_ENV)
+    files = {".gitignore": "/models\n/data\n", **with_project_plots(), **TRAINING_CURVES}
+    commit_files(repo, files, "evaluated")
+    return repo
+
+
+def test_precision_recall_table_holds_each_class_curve_and_average_precision():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 120)
+    probabilities = rng.dirichlet(np.ones(3), 120)
+    curves = precision_recall_curves(labels, probabilities)
+    per_class = classification_metrics(labels, probabilities)["per_class"]
+
+    table = precision_recall_table(curves, per_class)
+
+    assert list(table.columns) == ["class", "recall", "precision", "average_precision"]
+    assert list(dict.fromkeys(table["class"])) == list(LABELS)
+    for name in LABELS:
+        rows = table[table["class"] == name]
+        pd.testing.assert_frame_equal(rows[["recall", "precision"]].reset_index(drop=True), curves[name])
+        assert set(rows["average_precision"]) == {round(per_class[name]["average_precision"], 5)}
+
+
+def test_evaluate_writes_the_predictions_and_the_long_precision_recall_table(evaluated_repo):
+    plots = evaluated_repo / "plots"
+    assert sorted(path.name for path in plots.iterdir()) == ["precision_recall.csv", "predictions.csv"]
+    predictions = pd.read_csv(plots / "predictions.csv")
+    assert list(predictions.columns) == ["id", "actual", "predicted", "p_Bearish", "p_Bullish", "p_Neutral"]
+    assert len(predictions) == 200
+    table = pd.read_csv(plots / "precision_recall.csv")
+    per_class = json.loads((evaluated_repo / "metrics/validation.json").read_text())["per_class"]
+    assert list(dict.fromkeys(table["class"])) == list(LABELS)
+    for name, rows in table.groupby("class"):
+        assert set(rows["average_precision"]) == {round(per_class[name]["average_precision"], 5)}
+        assert rows[["recall", "precision"]].iloc[-1].tolist() == [0.0, 1.0]  # scikit-learn's last point
+
+
+def test_page_draws_every_plot_readably_and_references_nothing_outside(evaluated_repo):
+    result = draw(evaluated_repo)
+    page_file = evaluated_repo / PAGE
+    assert result.stdout.strip() == page_file.resolve().as_uri()
+    page = page_file.read_text(encoding="utf-8")
+
+    # Self-contained: no script, no stylesheet or image link, no URL to load anything from.
+    assert not re.search(r"""\b(?:src|href)\s*=\s*["']?(?!#|data:)""", page)
+    assert not re.search(r"""url\(\s*["']?(?!#|data:)""", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert "cdn" not in page.lower()
+
+    svgs = plot_svgs(page)
+    assert list(svgs) == [COUNTS, SHARES, CURVES, "Dev macro-F1 by epoch", "Loss by epoch (train and dev)"]
+    for svg in svgs.values():  # drawn marks (cells, lines), not an empty frame
+        marks = [
+            g for g in groups(svg, "role-mark") if {"mark-rect", "mark-line"} & set(g.get("class").split())
+        ]
+        assert marks and all(list(mark.iter(f"{SVG}path")) for mark in marks)
+
+    predictions = pd.read_csv(evaluated_repo / "plots/predictions.csv")
+    counts = svgs[COUNTS]
+    assert axis_titles(counts) == axis_titles(svgs[SHARES]) == {"actual", "predicted"}
+    assert_counts_drawn(cells_by_revision(counts)["workspace"], predictions)
+    assert_shares_drawn(cells_by_revision(svgs[SHARES])["workspace"], predictions)
+
+    curves = svgs[CURVES]
+    assert texts(groups(curves, "role-column-header")[0]) == list(LABELS)  # one panel per class, by name
+    assert axis_titles(curves) == {"recall", "precision"}
+    assert len(groups(curves, "role-mark")) == len(LABELS)  # one line mark a panel
+    per_class = json.loads((evaluated_repo / "metrics/validation.json").read_text())["per_class"]
+    legends = [texts(legend) for legend in groups(curves, "role-legend")]
+    assert legends == [[f"workspace: AP {per_class[name]['average_precision']:.3f}"] for name in LABELS]
+    assert not [name for name in texts(curves) if name.endswith(".csv")]
+
+
+def test_page_of_a_revision_draws_both_side_by_side(evaluated_repo, tmp_path):
+    repo = tmp_path / "clone"
+    run(["git", "clone", "-q", str(evaluated_repo), str(repo)], cwd=tmp_path)
+    set_git_identity(repo)
+    committed = pd.read_csv(repo / "plots/predictions.csv")
+    perfect = committed.assign(predicted=committed["actual"])
+    perfect.to_csv(repo / "plots/predictions.csv", index=False)
+    table = pd.read_csv(repo / "plots/precision_recall.csv")
+    table.assign(average_precision=1.0).to_csv(repo / "plots/precision_recall.csv", index=False)
+
+    draw(repo, "main")
+    svgs = plot_svgs((repo / PAGE).read_text())
+
+    counts = cells_by_revision(svgs[COUNTS])
+    assert list(counts) == ["workspace", "main"]
+    assert_counts_drawn(counts["workspace"], perfect)  # off the diagonal: every cell a written 0
+    assert_counts_drawn(counts["main"], committed)
+    shares = cells_by_revision(svgs[SHARES])
+    assert_shares_drawn(shares["workspace"], perfect)
+    assert_shares_drawn(shares["main"], committed)
+    per_class = json.loads((repo / "metrics/validation.json").read_text())["per_class"]
+    legends = [texts(legend) for legend in groups(svgs[CURVES], "role-legend")]
+    assert legends == [
+        [f"main: AP {per_class[name]['average_precision']:.3f}", "workspace: AP 1.000"] for name in LABELS
+    ]
+
+
+@pytest.fixture
+def small_repo(tmp_path) -> Path:
+    """A git + DVC repo with the project's plots and a few rows of data for each, committed on main."""
+    repo = git_dvc_repo(tmp_path / "repo")
+    predictions = "id,actual,predicted\n0,Bearish,Bearish\n1,Bullish,Neutral\n2,Neutral,Neutral\n"
+    curves = "class,recall,precision,average_precision\n" + "".join(
+        f"{name},1.0,0.5,0.75\n{name},0.0,1.0,0.75\n" for name in LABELS
+    )
+    data = {"plots/predictions.csv": predictions, "plots/precision_recall.csv": curves, **TRAINING_CURVES}
+    commit_files(repo, {**with_project_plots(), **data}, "main")
+    return repo
+
+
+def use_plot(repo: Path, title: str, template: dict | None = None) -> None:
+    """Replace dvc.yaml's plots by one of plots/predictions.csv, drawn with `template` if given."""
+    definition = {"x": "actual", "y": {"plots/predictions.csv": "predicted"}, "template": "confusion"}
+    if template is not None:
+        (repo / ".dvc/plots/custom.json").write_text(json.dumps(template))
+        definition["template"] = "custom"
+    (repo / "dvc.yaml").write_text(json.dumps({"plots": [{title: definition}]}))
+
+
+def test_a_data_file_missing_is_noted_and_the_other_plots_drawn(small_repo):
+    (small_repo / "plots/precision_recall.csv").unlink()
+    draw(small_repo)
+    page = (small_repo / PAGE).read_text()
+    assert (
+        f"<h2>{CURVES}</h2>\n"
+        f'<p class="missing">No data: plots/precision_recall.csv at workspace.</p>\n' in page
+    )
+    assert CURVES not in plot_svgs(page) and COUNTS in plot_svgs(page)
+
+
+def test_nothing_to_draw_is_an_error(small_repo):
+    shutil.rmtree(small_repo / "plots")
+    shutil.rmtree(small_repo / "metrics")
+    result = draw(small_repo, check=False)
+    assert (result.returncode, result.stderr) == (1, "error: dvc.yaml: no plot has data to draw\n")
+    assert not (small_repo / PAGE).exists()
+
+
+def test_unknown_revision_is_named(small_repo):
+    result = draw(small_repo, "nope", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: dvc plots diff nope --json: ") and "'nope'" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_template_that_loads_an_outside_image_is_refused(small_repo):
+    # A template (from a branch, say) whose marks are images from elsewhere: the page would fetch them.
+    use_plot(
+        small_repo,
+        "Tracked",
+        {
+            "data": {"values": "<DVC_METRIC_DATA>"},
+            "mark": "image",
+            "encoding": {
+                "x": {"field": "<DVC_METRIC_X>", "type": "nominal"},
+                "url": {"value": "https://example.invalid/pixel.png"},
+            },
+        },
+    )
+    result = draw(small_repo, check=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: plot Tracked: refers to https://example.invalid/pixel.png, outside the page\n",
+    )
+    assert not (small_repo / PAGE).exists()
+
+
+def test_a_template_that_loads_outside_data_fetches_nothing(small_repo):
+    spec = {
+        "data": {"url": "https://example.invalid/data.csv"},
+        "usermeta": {"unused": "<DVC_METRIC_DATA>"},  # DVC requires its data anchor in a template
+        "mark": "point",
+    }
+    use_plot(small_repo, "Remote data", spec)
+    result = draw(small_repo, check=False)
+    assert (result.returncode, result.stderr) == (
+        1,
+        "error: plot Remote data: Vega-Lite could not draw it "
+        "(Error: External data url not allowed: https://example.invalid/data.csv)\n",
+    )
+
+
+def test_markup_in_a_plot_title_is_text(small_repo):
+    title = '<img src=x onerror="alert(1)">'
+    use_plot(small_repo, title)
+    draw(small_repo)
+    page = (small_repo / PAGE).read_text()
+    assert "<img" not in page
+    assert "<h2>&lt;img src=x onerror=&quot;alert(1)&quot;&gt;</h2>" in page
+    (svg,) = plot_svgs(page).values()
+    assert title in texts(svg)  # drawn as the plot's title, as text
+
+
+def test_the_page_is_the_finsent_plots_command():
+    scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["finsent-plots"] == "finsent.experiments.plots:cli"
