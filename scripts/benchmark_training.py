@@ -55,7 +55,8 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
     tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
     with tempfile.TemporaryDirectory() as scratch:
         args = dataclasses.replace(
-            training_arguments(params, scratch),
+            training_arguments(params.train, scratch),
+            remove_unused_columns=True,  # a distilling run's teacher logits: not timed here
             max_steps=steps,
             eval_strategy="no",
             save_strategy="no",
@@ -88,10 +89,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps per variant, 3 of them warm-up")
     parser.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
     args = parser.parse_args()
-    # Native bf16 arithmetic (AVX-512 BF16 or AMX): elsewhere bf16 is emulated and slower than fp32. No
-    # public torch API answers this; the CPU's own flags do (Linux).
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    from finsent.training import native_cpu_bf16
+
+    # Native bf16 arithmetic (AVX-512 BF16 or AMX): elsewhere bf16 is emulated and slower than fp32.
+    native_bf16 = native_cpu_bf16()
     spawn = multiprocessing.get_context("spawn")
     results = {}
     for name, variant in VARIANTS.items():

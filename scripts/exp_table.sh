@@ -3,9 +3,9 @@
 #
 #   scripts/exp_table.sh [DVC EXP SHOW OPTIONS]      e.g. --md, --csv, -A, --rev main
 #
-# Columns: the experiment; the params a sweep changes (link and cashtag replacement, LoRA on/rank/
-# alpha/dropout, learning rate, schedule, warm-up, epochs, batch size, processes, weight decay, loss
-# options, seed); dev macro-F1 and accuracy with the epoch they come from; validation macro-F1 and
+# Columns: the experiment; the params a sweep changes (distillation on, alpha, temperature, augmented
+# copies; link and cashtag replacement; LoRA on/rank/alpha/dropout; learning rate, schedule, warm-up,
+# epochs, batch size, processes, weight decay, loss options, seed); dev macro-F1 and accuracy with the epoch they come from; validation macro-F1 and
 # accuracy (metrics/validation.json, shown as plain `macro_f1` and `accuracy`); training throughput
 # and time (s, in Trainer); the int8 export's smoothing and its dev fidelity to PyTorch.
 # An experiment run up to `train` only shows the validation metrics of the commit it started from:
@@ -13,6 +13,6 @@
 # Every Trainer field, data fingerprint and dependency hash is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-columns='Experiment|Created|tokenize\.(url|cashtag)_replacement|lora\.(enabled|r|alpha|dropout)|train\.(learning_rate|epochs|batch_size|num_processes|class_weights|label_smoothing|focal_gamma|lr_scheduler_type|warmup_ratio|weight_decay|seed)|dev\.(macro_f1|accuracy)|best_epoch|macro_f1|accuracy|train\.(samples_per_second|runtime_s)|export\.smoothing_alpha|onnx_int8\.dev\.(agreement_with_pytorch|mean_abs_probability_difference)'
+columns='Experiment|Created|distill\.(enabled|alpha|temperature|augmented_copies)|tokenize\.(url|cashtag)_replacement|lora\.(enabled|r|alpha|dropout)|train\.(learning_rate|epochs|batch_size|num_processes|class_weights|label_smoothing|focal_gamma|lr_scheduler_type|warmup_ratio|weight_decay|seed)|dev\.(macro_f1|accuracy)|best_epoch|macro_f1|accuracy|train\.(samples_per_second|runtime_s)|export\.smoothing_alpha|onnx_int8\.dev\.(agreement_with_pytorch|mean_abs_probability_difference)'
 exec dvc exp show --no-pager --drop '.*' --keep "^($columns)\$" \
   --sort-by metrics/train/metrics.json:dev.macro_f1 --sort-order desc "$@"
