@@ -16,7 +16,9 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("validation_file", type=Path, help="JSONL split to compare the runtimes on")
     parser.add_argument("dev_file", type=Path, help="JSONL split to compare them on for tuning")
-    parser.add_argument("calibration_file", type=Path, help="JSONL split to calibrate int8 smoothing on")
+    parser.add_argument(
+        "calibration_file", type=Path, help="JSONL split to calibrate int8 on (smoothing, activation ranges)"
+    )
     parser.add_argument("exported_dir", type=Path, help="folder for the ONNX models and the tokenizer")
     parser.add_argument("metrics_file", type=Path)
     args = parser.parse_args()

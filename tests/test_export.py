@@ -4,15 +4,37 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import SOURCE_ENV, edit_params, run, stage_script
+from conftest import (
+    PROJECT,
+    SOURCE_ENV,
+    edit_params,
+    run,
+    stage_script,
+    tiny_checkpoint,
+    tiny_trained_model,
+)
 
-from finsent.config import load_params
-from finsent.data import read_jsonl
+from finsent.config import MinAgreement, load_params
+from finsent.data import SOURCE_FILES, read_jsonl, read_source_csv, to_jsonl
+from finsent.errors import FinsentError
+from finsent.export import check_agreement
 from finsent.metrics import headline_metrics
 from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
+SPLITS = [f"data/raw/{split}.jsonl" for split in ("validation", "dev", "train")]
 
-def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_project):
+
+def export_stage(project, check=False):
+    """The export stage, run in `project` as dvc.yaml runs it."""
+    return run(
+        [*stage_script("export.py"), "models", *SPLITS, "exported", "metrics/export.json"],
+        cwd=project,
+        env=SOURCE_ENV,
+        check=check,
+    )
+
+
+def test_export_stage_writes_onnx_models_that_agree_with_pytorch_alone_and_in_batches(exported_project):
     exported = exported_project / "exported"
     assert {"model.onnx", "model_int8.onnx", "tokenizer.json", "tokenizer_config.json"} <= {
         path.name for path in exported.iterdir()
@@ -21,26 +43,42 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
         onnx.checker.check_model(exported / file_name)
     metrics = json.loads((exported_project / "metrics/export.json").read_text())
     batch_size = load_params(exported_project / "params.yaml").export.batch_size
+    assert batch_size == 32
     validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size=64).predict_proba(texts)
     assert metrics["pytorch"] == pytest.approx(headline_metrics(labels, pytorch))
 
     fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]
-    assert fp32["agreement_with_pytorch"] == 1.0
-    assert fp32["max_abs_probability_difference"] < 1e-3
-    assert fp32["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
-    assert 0 < int8["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly (see the next test)
-    assert int8["file_mb"] < fp32["file_mb"]
+    for backend in ONNX_FILES:
+        assert set(metrics[backend]) == {"file_mb", "batch_1", "batch_32", "dev"}
+    for batch in ("batch_1", "batch_32"):
+        assert fp32[batch]["agreement_with_pytorch"] == 1.0
+        assert fp32[batch]["max_abs_probability_difference"] < 1e-3
+        assert fp32[batch]["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
+        assert 0 < int8[batch]["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly
+    assert int8["file_mb"] < fp32["file_mb"] / 3
     for backend, file_name in ONNX_FILES.items():
-        # With the stage's batch size: int8 activations are quantized with one range per batch.
-        onnx_probabilities = OnnxPredictor(exported / file_name, batch_size).predict_proba(texts)
-        assert metrics[backend]["macro_f1"] == pytest.approx(
-            headline_metrics(labels, onnx_probabilities)["macro_f1"]
-        )
-        np.testing.assert_allclose(onnx_probabilities.sum(axis=1), 1.0, atol=1e-5)
-    fp32_batch_of_7 = OnnxPredictor(exported / ONNX_FILES["onnx_fp32"], batch_size=7).predict_proba(texts)
-    np.testing.assert_allclose(fp32_batch_of_7, pytorch, atol=1e-3)
+        for size in (1, batch_size):
+            probabilities = OnnxPredictor(exported / file_name, size).predict_proba(texts)
+            recorded = metrics[backend][f"batch_{size}"]
+            assert recorded["macro_f1"] == pytest.approx(headline_metrics(labels, probabilities)["macro_f1"])
+            assert recorded["agreement_with_pytorch"] == pytest.approx(
+                (probabilities.argmax(axis=1) == pytorch.argmax(axis=1)).mean()
+            )
+            np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_int8_gives_each_validation_text_the_same_probabilities_in_any_batch(exported_project):
+    metrics = json.loads((exported_project / "metrics/export.json").read_text())
+    texts = read_jsonl(exported_project / "data/raw/validation.jsonl")["text"].tolist()
+    int8_file = exported_project / "exported" / ONNX_FILES["onnx_int8"]
+    alone = OnnxPredictor(int8_file, 1).predict_proba(texts)
+    for batch_size in (7, 32, 200):  # 200: every text in one batch, padded to the longest
+        in_batches = OnnxPredictor(int8_file, batch_size).predict_proba(texts)
+        assert np.abs(in_batches - alone).max() < 1e-6
+    for backend in ONNX_FILES:
+        assert metrics[backend]["batch_32"]["labels_differing_from_batch_1"] == 0
 
 
 def test_export_compares_the_runtimes_on_dev_too(exported_project):
@@ -49,9 +87,8 @@ def test_export_compares_the_runtimes_on_dev_too(exported_project):
     dev_texts = read_jsonl(exported_project / "data/raw/dev.jsonl")["text"].tolist()
     pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size).predict_proba(dev_texts)
     for backend, file_name in ONNX_FILES.items():
-        probabilities = OnnxPredictor(exported_project / "exported" / file_name, batch_size).predict_proba(
-            dev_texts
-        )
+        # Each text alone, as the API sees one.
+        probabilities = OnnxPredictor(exported_project / "exported" / file_name, 1).predict_proba(dev_texts)
         difference = np.abs(probabilities - pytorch)
         assert metrics[backend]["dev"] == pytest.approx(
             {
@@ -70,13 +107,7 @@ def export_beside(exported_project, folder, **param_changes):
     for name in ("models", "data"):
         (folder / name).symlink_to(exported_project / name)
     edit_params(folder, **param_changes)
-    splits = [f"data/raw/{split}.jsonl" for split in ("validation", "dev", "train")]
-    return run(
-        [*stage_script("export.py"), "models", *splits, "exported", "export.json"],
-        cwd=folder,
-        env=SOURCE_ENV,
-        check=False,
-    )
+    return export_stage(folder)
 
 
 def smoothing_scales(onnx_file) -> list[str]:
@@ -90,19 +121,21 @@ def test_int8_is_quantized_from_the_smoothed_model_unless_alpha_is_null(exported
     assert len(smoothing_scales(exported / ONNX_FILES["onnx_int8"])) == 6 * 2 + 2
     assert "smoothed_fp32.onnx" not in {path.name for path in exported.iterdir()}
 
-    assert export_beside(exported_project, tmp_path, export__smoothing_alpha=None).returncode == 0
+    result = export_beside(exported_project, tmp_path, export__smoothing_alpha=None)
+    assert result.returncode == 0
+    assert result.stderr == ""  # no warning from tracing, quantizing or loading the model
     assert smoothing_scales(tmp_path / "exported" / ONNX_FILES["onnx_int8"]) == []
 
 
 def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_project, tmp_path):
     result = export_beside(exported_project, tmp_path, export__min_agreement__onnx_int8=1.0)
-    agreement = json.loads((exported_project / "metrics/export.json").read_text())["onnx_int8"][
+    agreement = json.loads((exported_project / "metrics/export.json").read_text())["onnx_int8"]["batch_1"][
         "agreement_with_pytorch"
     ]
     assert result.returncode == 1
-    assert result.stderr.endswith(
-        f"error: export.min_agreement.onnx_int8: the onnx_int8 model gives PyTorch's label on "
-        f"{agreement:.2%} of the validation texts, under the 100.00% asked\n"
+    assert result.stderr == (
+        f"error: export.min_agreement.onnx_int8: in batches of 1, the onnx_int8 model gives PyTorch's "
+        f"label on {agreement:.2%} of the validation texts, under the 100.00% asked\n"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "models", "params.yaml"]
 
@@ -115,9 +148,7 @@ def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_pro
         [
             *stage_script("export.py"),
             "models",
-            str(exported_project / "data/raw/validation.jsonl"),
-            str(exported_project / "data/raw/dev.jsonl"),
-            str(exported_project / "data/raw/train.jsonl"),
+            *(str(exported_project / split) for split in SPLITS),
             "exported",
             "m.json",
         ],
@@ -129,3 +160,58 @@ def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_pro
     assert result.stderr == "error: models: no trained model here (base/config.json is missing)\n"
     assert (tmp_path / "exported" / "model.onnx").read_text() == "the previous export"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exported", "params.yaml"]
+
+
+def gate_metrics(agreements: dict[str, dict[int, float]]) -> dict:
+    return {
+        backend: {f"batch_{size}": {"agreement_with_pytorch": value} for size, value in by_size.items()}
+        for backend, by_size in agreements.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("backend", "failing_size", "message"),
+    [
+        ("onnx_int8", 32, "export.min_agreement.onnx_int8: in batches of 32, the onnx_int8 model gives "),
+        ("onnx_fp32", 32, "export.min_agreement.onnx_fp32: in batches of 32, the onnx_fp32 model gives "),
+        ("onnx_int8", 1, "export.min_agreement.onnx_int8: in batches of 1, the onnx_int8 model gives "),
+    ],
+)
+def test_agreement_gate_applies_at_each_batch_size(backend, failing_size, message):
+    minimum = MinAgreement(onnx_fp32=0.995, onnx_int8=0.99)
+    agreements = {name: {1: 1.0, 32: 1.0} for name in ONNX_FILES}
+    check_agreement(gate_metrics(agreements), [1, 32], minimum)
+    agreements[backend][failing_size] = 0.9
+    with pytest.raises(FinsentError) as raised:
+        check_agreement(gate_metrics(agreements), [1, 32], minimum)
+    asked = getattr(minimum, backend)
+    assert str(raised.value) == (
+        f"{message}PyTorch's label on 90.00% of the validation texts, under the {asked:.2%} asked"
+    )
+
+
+@pytest.mark.parametrize("architecture", ["mpnet", "deberta-v2"])
+def test_export_stage_exports_other_encoders_quietly(tmp_path, small_mirror, architecture):
+    # MPNet (the teacher's architecture) has no token_type_ids, nor has this DeBERTa-v2 (no token types).
+    project = tmp_path / "project"
+    (project / "data" / "raw").mkdir(parents=True)
+    shutil.copy(PROJECT / "params.yaml", project / "params.yaml")
+    edit_params(project, export__calibration_texts=64, export__min_agreement__onnx_int8=0.01)
+    train = read_source_csv(small_mirror / SOURCE_FILES["train"])
+    validation = train.groupby("label").head(15)  # every class: F-scores are defined
+    rest = train.drop(validation.index)
+    splits = {"validation": validation, "dev": rest.iloc[:20], "train": rest.iloc[20:]}
+    for split, frame in splits.items():
+        (project / "data" / "raw" / f"{split}.jsonl").write_bytes(to_jsonl(frame))
+    tiny_trained_model(tiny_checkpoint(tmp_path / "checkpoint", architecture), project / "models")
+
+    result = export_stage(project)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    metrics = json.loads((project / "metrics/export.json").read_text())
+    for backend, file_name in ONNX_FILES.items():
+        inputs = [node.name for node in onnx.load(project / "exported" / file_name).graph.input]
+        assert inputs == ["input_ids", "attention_mask"]
+        assert metrics[backend]["batch_32"]["labels_differing_from_batch_1"] == 0
+    for batch in ("batch_1", "batch_32"):
+        assert metrics["onnx_fp32"][batch]["agreement_with_pytorch"] == 1.0

@@ -1,10 +1,24 @@
+import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import tiny_checkpoint
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from scipy.special import softmax
 from transformers import AutoTokenizer
 
+from finsent.data import SOURCE_FILES, read_source_csv
+from finsent.export import export_onnx
 from finsent.modeling import load_base_model
-from finsent.quantization import SmoothedLinear, input_channel_maxima, smooth_activations
+from finsent.predictors import OnnxPredictor
+from finsent.quantization import (
+    SmoothedLinear,
+    input_channel_maxima,
+    quantize_int8,
+    smooth_activations,
+    weight_nodes,
+)
+from finsent.text import TextNormalization, save_text_processing
 
 TEXTS = [
     "$AAPL beats estimates",
@@ -12,6 +26,7 @@ TEXTS = [
     "$TSLA deliveries miss, shares slide after hours",
     "Oil flat ahead of OPEC meeting",
 ]
+ARCHITECTURES = ["bert", "deberta-v2", "mpnet"]
 
 
 def tiny_classifier(folder, architecture):
@@ -29,7 +44,7 @@ def logits(model, tokenizer, texts):
         return model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
 
 
-@pytest.mark.parametrize("architecture", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_smoothing_leaves_the_fp32_model_unchanged(tmp_path, architecture):
     model, tokenizer = tiny_classifier(tmp_path, architecture)
     linear_layers = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
@@ -49,3 +64,88 @@ def test_alpha_one_brings_every_input_channel_to_the_same_range(tmp_path):
     for name, maxima in input_channel_maxima(model, tokenizer, TEXTS).items():
         assert name.endswith(".linear")
         torch.testing.assert_close(maxima, torch.ones_like(maxima), rtol=1e-4, atol=0)
+
+
+def tweets(mirror, split: str) -> list[str]:
+    return read_source_csv(mirror / SOURCE_FILES[split])["text"].tolist()
+
+
+def exported_pair(folder, architecture, calibration_texts):
+    """A tiny classifier, smoothed, exported to folder/model.onnx and quantized to folder/model_int8.onnx."""
+    model, tokenizer = tiny_classifier(folder / "checkpoint", architecture)
+    save_text_processing(folder, tokenizer, TextNormalization())
+    smooth_activations(model, tokenizer, calibration_texts, alpha=0.8)
+    export_onnx(model, tokenizer, folder / "model.onnx")
+    quantize_int8(folder / "model.onnx", folder / "model_int8.onnx", tokenizer, calibration_texts)
+    return folder / "model.onnx", folder / "model_int8.onnx"
+
+
+def alone_and_in_a_padded_batch(model_file, texts, longer_texts):
+    """Each text's probabilities alone, and as the first row of a batch of 32 with 31 `longer_texts`
+    (the batch is padded to the longest of them)."""
+    predictor = OnnxPredictor(model_file, batch_size=32)
+    alone = [softmax(predictor.batch_logits([text]), axis=-1)[0] for text in texts]
+    in_batch = [softmax(predictor.batch_logits([text, *longer_texts[:31]]), axis=-1)[0] for text in texts]
+    return np.array(alone), np.array(in_batch)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_int8_gives_a_text_the_same_probabilities_alone_and_in_a_padded_batch(
+    tmp_path, small_mirror, architecture
+):
+    _, int8_file = exported_pair(tmp_path, architecture, tweets(small_mirror, "train")[:64])
+    by_length = sorted(tweets(small_mirror, "validation"), key=len)
+    short, longest = by_length[:16], by_length[::-1][:31]
+    tokenizer = OnnxPredictor(int8_file, 1).tokenizer
+    assert max(len(tokenizer(text).input_ids) for text in short) < len(tokenizer(longest[0]).input_ids)
+
+    alone, in_batch = alone_and_in_a_padded_batch(int8_file, short, longest)
+    np.testing.assert_array_equal(alone.argmax(axis=1), in_batch.argmax(axis=1))
+    assert np.abs(alone - in_batch).max() < 1e-6
+
+    # What this check catches: the same fp32 model quantized dynamically (ranges per batch) differs by
+    # more than ten times the tolerance (1e-4 to 2e-4 measured; the random head's probabilities are all
+    # near 1/3).
+    dynamic_file = tmp_path / "model_dynamic.onnx"
+    quantize_dynamic(tmp_path / "model.onnx", dynamic_file, weight_type=QuantType.QInt8, per_channel=True)
+    alone, in_batch = alone_and_in_a_padded_batch(dynamic_file, short, longest)
+    assert np.abs(alone - in_batch).max() > 1e-5
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_int8_has_fixed_activation_ranges_and_int8_weights_only(tmp_path, small_mirror, architecture):
+    fp32_file, int8_file = exported_pair(tmp_path, architecture, tweets(small_mirror, "train")[:64])
+    fp32_nodes = {node.name: node for node in onnx.load(fp32_file).graph.node}
+    quantized = set(weight_nodes(onnx.load(fp32_file)))
+    # The linear layers of the 2 blocks (query, key, value, attention output, the two feed-forward
+    # layers) and the embedding tables; not the products of two activations (attention scores, and
+    # their weighted sum of values), nor the pooler and classifier (Gemm).
+    assert sum(fp32_nodes[name].op_type == "MatMul" for name in quantized) == 12
+    assert any("word_embeddings" in fp32_nodes[name].input[0] for name in quantized)
+
+    graph = onnx.load(int8_file).graph
+    stored = {initializer.name: initializer for initializer in graph.initializer}
+    made_by = {output: node for node in graph.node for output in node.output}
+
+    def stored_8_bit_input(node) -> int | None:
+        """The type of the stored 8-bit tensor that `node` reads through a DequantizeLinear, if any."""
+        for name in node.input:
+            if name in made_by and made_by[name].op_type == "DequantizeLinear":
+                data_type = stored.get(made_by[name].input[0], onnx.TensorProto()).data_type
+                if data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+                    return data_type
+        return None
+
+    products = {node.name: stored_8_bit_input(node) for node in graph.node if node.name in fp32_nodes}
+    assert {name for name, data_type in products.items() if data_type is not None} == quantized
+    # Linear weights signed, symmetric per output channel; embedding tables unsigned, one range each.
+    assert {products[name] for name in quantized if fp32_nodes[name].op_type == "MatMul"} == {
+        onnx.TensorProto.INT8
+    }
+    # Static ranges: each activation's scale and zero point are stored in the model; none is computed
+    # per batch (DynamicQuantizeLinear, as quantize_dynamic makes).
+    assert "DynamicQuantizeLinear" not in {node.op_type for node in graph.node}
+    activations = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert len(activations) >= 12
+    assert all(node.input[1] in stored and node.input[2] in stored for node in activations)
+    assert int8_file.stat().st_size < fp32_file.stat().st_size / 3

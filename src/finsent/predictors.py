@@ -3,6 +3,7 @@
 The predict command, the export stage and the HTTP API all classify through `load_predictor`.
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,13 @@ class TorchPredictor(Predictor):
     def from_dir(cls, model_dir: Path, batch_size: int) -> "TorchPredictor":
         from finsent.modeling import load_classifier  # torch and peft load only for this backend
 
-        model, tokenizer, normalize = load_classifier(model_dir)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps the
+            # model: a notice for peft's authors, not for whoever loads a model.
+            warnings.filterwarnings(
+                "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\."
+            )
+            model, tokenizer, normalize = load_classifier(model_dir)
         return cls(model, tokenizer, batch_size, normalize)
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
