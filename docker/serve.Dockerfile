@@ -1,6 +1,7 @@
 # The HTTP API on the exported int8 model: build after `dvc repro export` (or `dvc pull`).
 #   docker build -f docker/serve.Dockerfile -t finsent-serve .
 #   docker run --rm -p 8000:8000 finsent-serve
+#   docker run --rm -p 8000:8000 -e FINSENT_SERVE_MODEL_THREADS=0 finsent-serve
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,13 +22,16 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 RUN pip install --no-deps .
 
-# params.yaml holds the limits; dvc.lock the model's version; exported/ the ONNX models and tokenizer.
-COPY params.yaml dvc.lock ./
+# exported/ holds the ONNX models and the tokenizer; the server hashes its files for the model version.
+# No params.yaml: the settings are FINSENT_SERVE_* variables (docs/serving.md), `docker run -e` to change.
 COPY exported/ exported/
+ENV FINSENT_SERVE_HOST=0.0.0.0 \
+    FINSENT_SERVE_PORT=8000
 
 RUN useradd --system --no-create-home --uid 10001 finsent
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz')"]
-CMD ["finsent-serve", "--host", "0.0.0.0", "--port", "8000"]
+# SIGTERM (docker stop) answers the requests in flight, then exits.
+CMD ["finsent-serve"]

@@ -1,8 +1,14 @@
-"""Inference speed of each backend on the same texts: in process at batch 1 and 32, and over HTTP.
+"""Inference speed of each backend on the same texts, in process and over HTTP, side by side.
 
 In process: throughput (texts/s) one text a call and 32 a batch, and the latency of single-text calls.
-Over HTTP: the real `finsent-serve` on a loopback port, single-text requests from concurrent clients
-(asyncio + httpx in this process): latency p50/p99, throughput, errors. Prints a Markdown table.
+Over HTTP: the real `finsent-serve` on a loopback port, single-text requests from each number of
+concurrent clients in turn (asyncio + aiohttp in this process, on the same CPU as the server): latency
+p50/p99, throughput, errors (any answer but 200, or no answer). A column compares each
+throughput with the in-process batch 32 one. Prints a Markdown table.
+
+The clients use aiohttp rather than httpx: on the 2-core dev machine httpx's client spent more CPU a
+request than the server itself, about seven times aiohttp's, and a load generator that costly on the
+server's CPU measures itself. The client's CPU a request is reported too.
 
     PYTHONPATH=src python scripts/benchmark_inference.py    # from the project root, after `dvc repro export`
 """
@@ -17,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -26,8 +33,10 @@ from finsent.predictors import load_predictor
 BACKENDS = ("pytorch", "onnx_fp32", "onnx_int8")
 
 
-def in_process(backend: str, model_dir: Path, exported_dir: Path, texts: list[str], single: int) -> dict:
-    """Throughput at batch 1 (the first `single` texts) and batch 32 (all texts); single-text latency."""
+def in_process(
+    backend: str, model_dir: Path, exported_dir: Path, texts: list[str], single: int
+) -> list[dict]:
+    """Batch 1 (the first `single` texts, timed one by one) and batch 32 (all texts)."""
     one = load_predictor(backend, model_dir, exported_dir, batch_size=1)
     one.predict_proba(texts[:8])  # warm-up
     latencies = []
@@ -40,33 +49,41 @@ def in_process(backend: str, model_dir: Path, exported_dir: Path, texts: list[st
     start = time.perf_counter()
     batched.predict_proba(texts)
     batch_seconds = time.perf_counter() - start
-    return {
-        "batch1_texts_per_s": single / sum(latencies),
-        "batch32_texts_per_s": len(texts) / batch_seconds,
-        "single_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "single_p99_ms": 1000 * float(np.percentile(latencies, 99)),
-    }
+    return [
+        {"run": "in process, batch 1", "texts_per_s": single / sum(latencies), **percentiles(latencies)},
+        {"run": "in process, batch 32", "texts_per_s": len(texts) / batch_seconds},
+    ]
 
 
-async def _clients(base_url: str, texts: list[str], clients: int) -> tuple[list[float], int, float]:
+def percentiles(latencies: list[float]) -> dict:
+    return {f"p{q}_ms": 1000 * float(np.percentile(latencies, q)) for q in (50, 99)}
+
+
+async def _clients(base_url: str, texts: list[str], clients: int) -> tuple[list[float], int, float, float]:
+    """Latencies, errors, seconds, and the CPU seconds the clients used, for `texts` one a request."""
     queue = list(reversed(texts))
     latencies: list[float] = []
     errors = 0
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: aiohttp.ClientSession) -> None:
         nonlocal errors
         while queue:
             text = queue.pop()
             start = time.perf_counter()
-            response = await http.post("/v1/predict", json={"texts": [text]})
+            try:
+                async with http.post("/v1/predict", json={"texts": [text]}) as response:
+                    await response.read()
+                    errors += response.status != 200
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
             latencies.append(time.perf_counter() - start)
-            errors += response.status_code != 200
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
-        start = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as http:
+        start, start_cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        return latencies, errors, time.perf_counter() - start
+        return latencies, errors, time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def over_http(
@@ -74,13 +91,11 @@ def over_http(
     model_dir: Path,
     exported_dir: Path,
     texts: list[str],
-    clients: int,
+    client_counts: list[int],
     model_threads: int | None,
-) -> dict:
-    """Single-text requests to a fresh `finsent-serve --backend <backend>` from `clients` clients at once.
-
-    `model_threads` None leaves the server its params.yaml setting.
-    """
+) -> list[dict]:
+    """Single-text requests to one fresh `finsent-serve --backend <backend>`, from each number of
+    concurrent clients in turn. `model_threads` None leaves the server its own setting."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -90,6 +105,7 @@ def over_http(
         command += ["--model-threads", str(model_threads)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}"
+    results = []
     try:
         while True:
             if server.poll() is not None:
@@ -99,17 +115,22 @@ def over_http(
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        asyncio.run(_clients(base_url, texts[:64], clients))  # warm-up
-        latencies, errors, seconds = asyncio.run(_clients(base_url, texts, clients))
+        for clients in client_counts:
+            asyncio.run(_clients(base_url, texts[:64], clients))  # warm-up
+            latencies, errors, seconds, client_cpu = asyncio.run(_clients(base_url, texts, clients))
+            results.append(
+                {
+                    "run": f"HTTP, {clients} clients",
+                    "texts_per_s": len(texts) / seconds,
+                    **percentiles(latencies),
+                    "errors": errors,
+                    "client_cpu_ms": 1000 * client_cpu / len(texts),
+                }
+            )
     finally:
         server.terminate()
         server.wait()
-    return {
-        "http_p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "http_p99_ms": 1000 * float(np.percentile(latencies, 99)),
-        "http_texts_per_s": len(texts) / seconds,
-        "http_errors": errors,
-    }
+    return results
 
 
 def main() -> None:
@@ -120,12 +141,12 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     parser.add_argument("--exported-dir", type=Path, default=Path("exported"))
     parser.add_argument("--single", type=int, default=500, help="texts timed one by one in process")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="concurrent HTTP clients")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument(
         "--server-model-threads",
         type=int,
-        help="the server's --model-threads (default: its params.yaml setting, serve.model_threads)",
+        help="the server's --model-threads (default: its own setting, serve.model_threads)",
     )
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
@@ -133,27 +154,29 @@ def main() -> None:
     results = {}
     for backend in args.backends:
         results[backend] = in_process(backend, args.model_dir, args.exported_dir, texts, args.single)
-        results[backend] |= over_http(
+        results[backend] += over_http(
             backend, args.model_dir, args.exported_dir, texts, args.clients, args.server_model_threads
         )
         print(backend, json.dumps(results[backend]), file=sys.stderr)
 
-    threads = "params.yaml's" if args.server_model_threads is None else args.server_model_threads
+    threads = "its setting" if args.server_model_threads is None else args.server_model_threads
+    cpus = len(os.sched_getaffinity(0))
+    print(f"{len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}\n")
     print(
-        f"{len(texts)} texts of {args.texts}; {os.cpu_count()} CPUs; "
-        f"HTTP: {args.clients} clients, server model threads: {threads}\n"
+        "| backend | run | texts/s | p50 / p99 (ms) | errors | vs batch 32 | client CPU (ms a request) |\n"
+        + "|---" * 7
+        + "|"
     )
-    print(
-        "| backend | batch 1 (texts/s) | batch 32 (texts/s) | single text p50 / p99 (ms) "
-        f"| HTTP p50 / p99 (ms) | HTTP texts/s | HTTP errors |\n|{'---|' * 7}"
-    )
-    for backend, r in results.items():
-        print(
-            f"| {backend} | {r['batch1_texts_per_s']:.0f} | {r['batch32_texts_per_s']:.0f} "
-            f"| {r['single_p50_ms']:.1f} / {r['single_p99_ms']:.1f} "
-            f"| {r['http_p50_ms']:.1f} / {r['http_p99_ms']:.1f} "
-            f"| {r['http_texts_per_s']:.0f} | {r['http_errors']} |"
-        )
+    for backend, runs in results.items():
+        batch32 = next(run["texts_per_s"] for run in runs if run["run"] == "in process, batch 32")
+        for run in runs:
+            latency = f"{run['p50_ms']:.1f} / {run['p99_ms']:.1f}" if "p50_ms" in run else ""
+            errors = run.get("errors", "")
+            client_cpu = f"{run['client_cpu_ms']:.2f}" if "client_cpu_ms" in run else ""
+            print(
+                f"| {backend} | {run['run']} | {run['texts_per_s']:.0f} | {latency} | {errors} "
+                f"| {run['texts_per_s'] / batch32:.0%} | {client_cpu} |"
+            )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -1,6 +1,8 @@
 import json
 import os
+import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -95,8 +97,22 @@ def test_jsonl_file(exported_project, tmp_path):
             b'{"text": "ok"}\n{"text": 3}\n',
             "error: {path}: row 2: column 'text' is not a string\n",
         ),
+        # The pipeline's rule (finsent.text.first_blank): a text with nothing but whitespace is refused.
+        (None, b"ok\n \t\nfine\n", "error: stdin: line 2: empty or only whitespace\n"),
+        ("in.csv", b'text\nok\n"  "\n', "error: {path}: row 2: empty or only whitespace\n"),
+        ("in.jsonl", b'{"text": "ok"}\n{"text": ""}\n', "error: {path}: row 2: empty or only whitespace\n"),
     ],
-    ids=["empty-stdin", "stdin-not-utf8", "missing-column", "file-not-utf8", "empty-file", "not-a-string"],
+    ids=[
+        "empty-stdin",
+        "stdin-not-utf8",
+        "missing-column",
+        "file-not-utf8",
+        "empty-file",
+        "not-a-string",
+        "blank-stdin-line",
+        "blank-csv-cell",
+        "empty-jsonl-text",
+    ],
 )
 def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
     exported_project, tmp_path, file_name, content, message
@@ -111,3 +127,63 @@ def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
     assert stderr == message.format(path=tmp_path / (file_name or ""))
     assert (tmp_path / "out.jsonl").read_text() == "the previous results\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted({"out.jsonl", file_name or "out.jsonl"})
+
+
+def test_a_blank_argument_is_named(exported_project):
+    code, stdout, stderr = predict(exported_project, "ok", "   ", check=False)
+    assert (code, stdout, stderr) == (1, "", "error: argument 2: empty or only whitespace\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "-1"], "argument --batch-size: must be at least 1, not -1"),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+        (["--batch-size", "many"], "argument --batch-size: not a whole number: 'many'"),
+        (["-o", "{folder}"], "argument -o/--output: {folder} is a folder; give a file to write"),
+    ],
+    ids=["batch-size-negative", "batch-size-zero", "batch-size-not-a-number", "output-a-folder"],
+)
+def test_a_bad_flag_is_a_usage_error(exported_project, tmp_path, args, message):
+    args = [arg.format(folder=tmp_path) for arg in args]
+    code, stdout, stderr = predict(exported_project, *args, "ok", check=False)
+    assert (code, stdout) == (2, "")
+    assert stderr.splitlines()[-1] == f"finsent-predict: error: {message.format(folder=tmp_path)}"
+    assert "Traceback" not in stderr
+
+
+def test_an_input_file_that_is_a_folder_is_one_line(exported_project, tmp_path):
+    code, stdout, stderr = predict(exported_project, "-i", str(tmp_path), check=False)
+    assert (code, stdout, stderr) == (1, "", f"error: {tmp_path}: cannot read it (Is a directory)\n")
+
+
+def max_rss_kib(project, stdin_file) -> int:
+    """Run finsent-predict on `stdin_file`; its peak resident memory (KiB), read from its own rusage."""
+    with stdin_file.open("rb") as stdin:
+        process = subprocess.Popen(
+            [*finsent_command("serving.predict"), "-o", str(stdin_file.with_suffix(".out.jsonl"))],
+            cwd=project,
+            env={**os.environ, **SOURCE_ENV},
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    assert process.returncode == 0
+    return usage.ru_maxrss
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_a_10_mb_line_is_classified_in_little_memory(exported_project, tmp_path):
+    # The tokenize stage saves the tokenizer with model_max_length set to the model's input length;
+    # the test fixture's tokenizer says 512 for a 128-position model, so it is set here as the stage does.
+    shutil.copytree(exported_project / "exported", tmp_path / "exported")
+    config_file = tmp_path / "exported" / "tokenizer_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"model_max_length": 128}))
+    (tmp_path / "short.txt").write_text("$AAPL up\n")
+    (tmp_path / "long.txt").write_text("$AAPL up " * 1_100_000 + "\n")  # 9.9 MB, one line
+    baseline = max_rss_kib(tmp_path, tmp_path / "short.txt")
+    extra_mib = (max_rss_kib(tmp_path, tmp_path / "long.txt") - baseline) / 1024
+    assert extra_mib < 200, f"{extra_mib:.0f} MiB more than for a short line"
+    assert len((tmp_path / "long.out.jsonl").read_text().splitlines()) == 1

@@ -1,83 +1,120 @@
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import SOURCE_ENV, finsent_command
+from conftest import PROJECT, SOURCE_ENV, finsent_command
+from prometheus_client.parser import text_string_to_metric_families
 
 from finsent.predictors import ONNX_FILES, OnnxPredictor
 from finsent.serving.model_version import model_version
 
 TEXTS = ["$AAPL beats estimates, shares up 5%", "Fed holds rates", "$TSLA deliveries miss"]
-MD5 = "0123456789abcdef0123456789abcdef"
-
-
-def lock_entry(folder, md5: str = MD5) -> str:
-    """dvc.lock as DVC writes it for an output folder: its md5, total size and file count."""
-    files = [path for path in folder.rglob("*") if path.is_file()]
-    size = sum(path.stat().st_size for path in files)
-    return (
-        f"schema: '2.0'\nstages:\n  export:\n    outs:\n    - path: {folder.name}\n      hash: md5\n"
-        f"      md5: {md5}.dir\n      size: {size}\n      nfiles: {len(files)}\n"
-    )
-
-
-def test_model_version_is_the_locked_md5_while_the_folder_matches(exported_project, tmp_path):
-    exported = exported_project / "exported"
-    (tmp_path / "dvc.lock").write_text(lock_entry(exported))
-    assert model_version(exported, tmp_path / "dvc.lock") is None  # not the folder that dvc.lock names
-    (exported_project / "dvc.lock").write_text(lock_entry(exported).replace("size: ", "size: 1"))
-    assert model_version(exported, exported_project / "dvc.lock") is None  # other files than those locked
-    (exported_project / "dvc.lock").write_text(lock_entry(exported))
-    assert model_version(exported, exported_project / "dvc.lock") == MD5
+LIMITS = {"max_texts": 4, "max_text_chars": 50}  # small, so that tests can cross them cheaply
+MAX_BODY_BYTES = 4 * (12 * 50 + 8) + 1024
 
 
 @pytest.fixture(scope="module")
-def server(exported_project):
-    """The real server, started as its documented command, on a free loopback port."""
-    (exported_project / "dvc.lock").write_text(lock_entry(exported_project / "exported"))
+def image_folder(exported_project, tmp_path_factory) -> Path:
+    """What the serve image holds: the export stage's folder, no params.yaml, no dvc.lock."""
+    folder = tmp_path_factory.mktemp("image")
+    shutil.copytree(exported_project / "exported", folder / "exported")
+    return folder
+
+
+@contextmanager
+def running_server(folder: Path, log: Path, **settings):
+    """The real server, started as its documented command in `folder` on a free loopback port, with
+    `settings` as FINSENT_SERVE_* variables (as a container sets them); stdout and stderr to `log`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [*finsent_command("serving.server"), "--port", str(port)],
-        cwd=exported_project,
-        env={**os.environ, **SOURCE_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    env = {f"FINSENT_SERVE_{name.upper()}": str(value) for name, value in (LIMITS | settings).items()}
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(
+            [*finsent_command("serving.server"), "--port", str(port)],
+            cwd=folder,
+            env={**os.environ, **SOURCE_ENV, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        for _ in range(300):
+        for _ in range(600):
             try:
                 if client.get("/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None, process.stderr.read().decode()
+            assert process.poll() is None, log.read_text()
             time.sleep(0.1)
-        yield client
+        yield client, process
     finally:
         client.close()
         process.terminate()
-        process.wait(timeout=10)
+        process.wait(timeout=30)
 
 
-def test_health_and_readiness(server):
+@pytest.fixture(scope="module")
+def served(image_folder, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    with running_server(image_folder, log) as (client, _):
+        yield client, log
+
+
+@pytest.fixture(scope="module")
+def server(served) -> httpx.Client:
+    return served[0]
+
+
+def metric(client: httpx.Client, name: str, **labels) -> float:
+    """One sample of the server's /metrics (0 when the series does not exist yet)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    return 0.0
+
+
+def test_model_version_is_a_hash_of_the_served_files(exported_project, tmp_path):
+    version = model_version(exported_project / "exported")
+    assert len(version) == 16 and int(version, 16) >= 0
+    shutil.copytree(exported_project / "exported", tmp_path / "copy")
+    assert model_version(tmp_path / "copy") == version  # the bytes, not where they are
+    with (tmp_path / "copy" / "tokenizer.json").open("ab") as file:
+        file.write(b" ")
+    changed = model_version(tmp_path / "copy")
+    assert changed != version
+    (tmp_path / "copy" / "tokenizer.json").rename(tmp_path / "copy" / "renamed.json")
+    assert model_version(tmp_path / "copy") not in {version, changed}
+
+
+def test_health_and_readiness_without_params_or_dvc_lock(server, image_folder):
+    assert sorted(path.name for path in image_folder.iterdir()) == ["exported"]
     assert server.get("/healthz").json() == {"status": "ok"}
-    assert server.get("/readyz").json() == {"status": "ready", "backend": "onnx_int8", "model_version": MD5}
+    assert server.get("/readyz").json() == {
+        "status": "ready",
+        "backend": "onnx_int8",
+        "model_version": model_version(image_folder / "exported"),
+    }
 
 
-def test_predict_gives_one_result_per_text_in_order(server, exported_project):
+def test_predict_gives_one_result_per_text_in_order(server, image_folder):
     response = server.post("/v1/predict", json={"texts": TEXTS})
     assert response.status_code == 200
     body = response.json()
-    assert (body["backend"], body["model_version"]) == ("onnx_int8", MD5)
-    expected = OnnxPredictor(exported_project / "exported" / ONNX_FILES["onnx_int8"], 32).predict_proba(TEXTS)
+    assert (body["backend"], body["model_version"]) == ("onnx_int8", model_version(image_folder / "exported"))
+    expected = OnnxPredictor(image_folder / "exported" / ONNX_FILES["onnx_int8"], 32).predict_proba(TEXTS)
     got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert [p["label"] for p in body["predictions"]] == [
@@ -86,19 +123,41 @@ def test_predict_gives_one_result_per_text_in_order(server, exported_project):
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "loc", "message"),
     [
-        (b'{"texts": ["unclosed', "JSON decode error"),
-        (b'["a bare list"]', "Input should be a valid dictionary or object to extract fields from"),
-        (b'{"texts": "one text"}', "Input should be a valid list"),
-        (b'{"texts": ["ok", 3]}', "Input should be a valid string"),
-        (b'{"texts": []}', "List should have at least 1 item after validation, not 0"),
+        (b'{"texts": ["unclosed', ["body", 11], "JSON decode error"),
+        (b'["a bare list"]', ["body"], "Input should be a valid dictionary or object to extract fields from"),
+        (b'{"texts": "one text"}', ["body", "texts"], "Input should be a valid list"),
+        (b'{"texts": ["ok", 3]}', ["body", "texts", 1], "Input should be a valid string"),
+        (b'{"texts": []}', ["body", "texts"], "List should have at least 1 item after validation, not 0"),
         (
             json.dumps({"texts": ["a"] * 5}).encode(),
+            ["body", "texts"],
             "List should have at most 4 items after validation, not 5",
         ),
-        (json.dumps({"texts": ["x" * 51]}).encode(), "String should have at most 50 characters"),
-        (b'{"text": ["misnamed"]}', "Field required"),
+        (
+            json.dumps({"texts": ["x" * 51]}).encode(),
+            ["body", "texts", 0],
+            "String should have at most 50 characters",
+        ),
+        (b'{"text": ["misnamed"]}', ["body", "texts"], "Field required"),
+        # FastAPI's own answer echoed these inputs and could not write them as JSON: a 500.
+        (b'{"texts": NaN}', ["body", "texts"], "Input should be a valid list"),
+        (b'{"texts": Infinity}', ["body", "texts"], "Input should be a valid list"),
+        (b'{"texts": [-Infinity]}', ["body", "texts", 0], "Input should be a valid string"),
+        (
+            b'{"texts": ["ok", "\\ud800"]}',
+            ["body", "texts", 1],
+            "Input should be a valid string, unable to parse raw data as a unicode string",
+        ),
+        (
+            b'{"texts": ["ok"], "\\udfff": 1}',
+            ["body"],
+            "Input should be a valid string, unable to parse raw data as a unicode string",
+        ),
+        # The pipeline's rule (finsent.text.first_blank): a text with nothing but whitespace is refused.
+        (b'{"texts": ["ok", " \\t\\n"]}', ["body", "texts", 1], "Text is empty or only whitespace"),
+        (b'{"texts": [""]}', ["body", "texts", 0], "Text is empty or only whitespace"),
     ],
     ids=[
         "not-json",
@@ -109,20 +168,218 @@ def test_predict_gives_one_result_per_text_in_order(server, exported_project):
         "too-many",
         "too-long",
         "no-texts",
+        "nan",
+        "infinity",
+        "minus-infinity-in-list",
+        "lone-surrogate",
+        "lone-surrogate-key",
+        "whitespace-only",
+        "empty-text",
     ],
 )
-def test_bad_input_is_a_422_and_the_server_keeps_serving(server, content, message):
+def test_bad_input_is_a_short_422_and_the_server_keeps_serving(server, content, loc, message):
     response = server.post("/v1/predict", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert message in [error["msg"] for error in response.json()["detail"]]
+    errors = response.json()["detail"]
+    assert {"loc": loc, "msg": message} in [{"loc": e["loc"], "msg": e["msg"]} for e in errors]
+    assert all(set(error) == {"loc", "msg", "type"} for error in errors)  # no input, no context
     assert server.post("/v1/predict", json={"texts": ["still up"]}).status_code == 200
 
 
-def test_openapi_schema_states_the_limits(server):
+def test_a_422_never_echoes_the_input(server):
+    # Just under the body limit: FastAPI's own answer was larger than the body.
+    body = json.dumps({"texts": "x" * (MAX_BODY_BYTES - 100)}).encode()
+    response = server.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert len(response.content) < 200 and b"xxx" not in response.content
+    many = json.dumps({"texts": ["ok"]} | {f"e{i}": 1 for i in range(200)}).encode()
+    response = server.post("/v1/predict", content=many, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and len(response.json()["detail"]) == 10  # of 200 errors
+
+
+def test_a_body_over_the_limit_is_a_413_without_being_read_whole(server):
+    ten_mb = json.dumps({"texts": ["x" * 10_000_000]}).encode()
+    declared = server.post("/v1/predict", content=ten_mb, headers={"content-type": "application/json"})
+    assert (declared.status_code, declared.json()) == (413, {"detail": f"body over {MAX_BODY_BYTES} bytes"})
+
+    def chunks():  # no Content-Length: the limit counts what arrives
+        for start in range(0, len(ten_mb), 65536):
+            yield ten_mb[start : start + 65536]
+
+    streamed = server.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert (streamed.status_code, streamed.json()) == (413, {"detail": f"body over {MAX_BODY_BYTES} bytes"})
+    assert server.post("/v1/predict", json={"texts": ["still up"]}).status_code == 200
+
+
+def test_openapi_schema_states_the_limits_and_the_error_answers(server):
     schema = server.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/healthz", "/readyz", "/v1/predict"}
     texts = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
     assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 50)
+    responses = schema["paths"]["/v1/predict"]["post"]["responses"]
+    assert set(responses) == {"200", "400", "413", "422", "503"}
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrors")
+    assert set(schema["components"]["schemas"]["ErrorDetail"]["properties"]) == {"loc", "msg", "type"}
+    assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_request_id_is_the_clients_or_a_new_one_and_each_request_is_one_json_log_line(served):
+    server, log = served
+    given = server.post("/v1/predict", json={"texts": ["logged"]}, headers={"X-Request-ID": "trace-42"})
+    assert given.headers["X-Request-ID"] == "trace-42"
+    made = server.get("/healthz").headers["X-Request-ID"]
+    assert len(made) == 32 and int(made, 16) >= 0
+    unfit = server.get("/healthz", headers={"X-Request-ID": "x" * 129}).headers["X-Request-ID"]
+    assert len(unfit) == 32 and unfit != made  # too long for a log line: replaced
+    time.sleep(0.2)  # the log line is written once the answer is sent
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    by_id = {line["request_id"]: line for line in lines}
+    assert by_id["trace-42"].items() >= {"method": "POST", "path": "/v1/predict", "status": 200}.items()
+    assert by_id[made]["path"] == "/healthz" and by_id[unfit]["status"] == 200
+    assert set(by_id[made]) == {"time", "request_id", "method", "path", "status", "duration_ms", "client"}
+
+
+def test_metrics_count_requests_by_status_time_them_and_name_the_model(server, image_folder):
+    ok = metric(server, "finsent_http_requests_total", route="/v1/predict", status="200")
+    bad = metric(server, "finsent_http_requests_total", route="/v1/predict", status="422")
+    runs = metric(server, "finsent_batch_texts_count")
+    server.post("/v1/predict", json={"texts": TEXTS})
+    server.post("/v1/predict", json={"texts": []})
+    server.get("/no/such/path")
+    assert metric(server, "finsent_http_requests_total", route="/v1/predict", status="200") == ok + 1
+    assert metric(server, "finsent_http_requests_total", route="/v1/predict", status="422") == bad + 1
+    assert metric(server, "finsent_http_requests_total", route="other", status="404") >= 1
+    assert metric(server, "finsent_http_request_duration_seconds_count", route="/v1/predict") >= 2
+    assert metric(server, "finsent_batch_texts_count") == runs + 1
+    version = model_version(image_folder / "exported")
+    assert metric(server, "finsent_model_info", backend="onnx_int8", version=version) == 1
+
+
+@pytest.fixture(scope="module")
+def batching_server(image_folder, tmp_path_factory):
+    """fp32 (its results do not depend on a text's batch), a 2 s window, at most 8 texts waiting."""
+    log = tmp_path_factory.mktemp("logs") / "batching.log"
+    with running_server(image_folder, log, backend="onnx_fp32", batch_window_ms=2000, max_queued_texts=8) as (
+        client,
+        _,
+    ):
+        yield client
+
+
+def wait_for_waiting_texts(client: httpx.Client, texts: int) -> None:
+    for _ in range(300):
+        if metric(client, "finsent_waiting_texts") == texts:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never {texts} texts waiting")
+
+
+def test_concurrent_requests_share_one_model_run_and_each_gets_its_own_answers(batching_server, image_folder):
+    requests = [TEXTS[:1], TEXTS[1:3], ["$NVDA record revenue", "rates up", "oil slides"], ["calm day"]]
+    runs, texts = (
+        metric(batching_server, "finsent_batch_texts_count"),
+        metric(batching_server, "finsent_batch_texts_sum"),
+    )
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(lambda t: batching_server.post("/v1/predict", json={"texts": t}), requests))
+    assert metric(batching_server, "finsent_batch_texts_count") == runs + 1  # one run for all 7 texts
+    assert metric(batching_server, "finsent_batch_texts_sum") == texts + 7
+    fp32 = OnnxPredictor(image_folder / "exported" / ONNX_FILES["onnx_fp32"], 32)
+    for request, answer in zip(requests, answers, strict=True):
+        got = np.array([list(p["probabilities"].values()) for p in answer.json()["predictions"]])
+        np.testing.assert_allclose(got, fp32.predict_proba(request), atol=1e-5)
+
+
+def test_overload_is_a_503_with_retry_after_not_a_pile_up(batching_server):
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [
+            pool.submit(batching_server.post, "/v1/predict", json={"texts": ["a", "b", "c", "d"]})
+            for _ in range(2)
+        ]
+        wait_for_waiting_texts(batching_server, 8)
+        refused = batching_server.post("/v1/predict", json={"texts": ["one too many"]})
+        assert (refused.status_code, refused.json()) == (503, {"detail": "overloaded, retry later"})
+        assert refused.headers["Retry-After"] == "1"
+        assert [future.result().status_code for future in waiting] == [200, 200]
+
+
+@pytest.fixture(scope="module")
+def strict_server(image_folder, tmp_path_factory):
+    """1 s to send a request, at most 8 open connections."""
+    log = tmp_path_factory.mktemp("logs") / "strict.log"
+    with running_server(image_folder, log, request_timeout_s=1, max_connections=8) as (client, _):
+        yield client
+
+
+def open_connection(client: httpx.Client, first_bytes: bytes) -> socket.socket:
+    connection = socket.create_connection((client.base_url.host, client.base_url.port))
+    connection.sendall(first_bytes)
+    connection.settimeout(10)
+    return connection
+
+
+def test_slow_or_silent_clients_are_cut_off(strict_server):
+    start = time.monotonic()
+    connections = [
+        open_connection(strict_server, b""),  # opens and says nothing
+        open_connection(strict_server, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"),  # headers never end
+        open_connection(  # the body never ends
+            strict_server,
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 100\r\n\r\n{"texts"',
+        ),
+    ]
+    for connection in connections:
+        assert connection.recv(1000) == b""  # closed by the server, nothing said
+        connection.close()
+    assert 0.9 < time.monotonic() - start < 5
+    assert strict_server.post("/v1/predict", json={"texts": ["still up"]}).status_code == 200
+
+
+def test_connections_over_the_limit_get_a_503(strict_server):
+    connections = [open_connection(strict_server, b"") for _ in range(8)]
+    over = httpx.post(f"{strict_server.base_url}/v1/predict", json={"texts": ["one too many"]})
+    assert over.status_code == 503
+    for connection in connections:
+        assert connection.recv(1000) == b""  # cut off after 1 s: the places are free again
+        connection.close()
+    assert httpx.post(f"{strict_server.base_url}/v1/predict", json={"texts": ["in"]}).status_code == 200
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits(image_folder, tmp_path):
+    with running_server(image_folder, tmp_path / "server.log", batch_window_ms=1000) as (client, process):
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(client.post, "/v1/predict", json={"texts": TEXTS})
+            wait_for_waiting_texts(client, 3)
+            process.send_signal(signal.SIGTERM)
+            answer = in_flight.result()
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM  # run_cli's exit status for SIGTERM
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(server, tmp_path):
+    """A bounded fuzz run for CI, with the checks of the project's schemathesis.toml (every check
+    but the acceptance of valid data, see there); docs/serving.md gives the long one."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "st"),
+            "--config-file",
+            str(PROJECT / "schemathesis.toml"),
+            "run",
+            f"{server.base_url}/openapi.json",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+        ],
+        cwd=tmp_path,  # its caches go there
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "No issues found" in result.stdout
 
 
 def test_model_threads_reach_the_runtime(exported_project):

@@ -1,48 +1,24 @@
-"""Which trained model a server runs: the md5 that `dvc.lock` records for its folder."""
+"""Which model a server runs: a hash of the files of the folder its backend reads, taken at startup.
 
-from dataclasses import dataclass
+Computed from the files themselves, so that the serve image needs neither dvc.lock nor params.yaml,
+and two servers report the same version exactly when they serve the same bytes.
+"""
+
+import hashlib
 from pathlib import Path
 
-from ruamel.yaml import YAML, YAMLError
-
-from finsent.errors import FinsentError
+VERSION_HEX_DIGITS = 16
 
 
-@dataclass(frozen=True)
-class LockedOutput:
-    md5: str
-    size: int
-    nfiles: int
-
-
-def model_version(folder: Path, lock_file: Path = Path("dvc.lock")) -> str | None:
-    """The md5 that `dvc.lock` records for the output `folder`, if the folder on disk still matches it.
-
-    None when the folder is no output in dvc.lock, or when its file count or total size differ from the
-    recorded ones (trained or exported outside `dvc repro`): a version is never claimed for other files.
-    """
-    locked = _locked_output(Path(folder), Path(lock_file))
-    if locked is None:
-        return None
-    files = [path for path in Path(folder).rglob("*") if path.is_file()]
-    if len(files) != locked.nfiles or sum(path.stat().st_size for path in files) != locked.size:
-        return None
-    return locked.md5.removesuffix(".dir")
-
-
-def _locked_output(folder: Path, lock_file: Path) -> LockedOutput | None:
-    try:
-        lock = YAML(typ="safe").load(lock_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except YAMLError as error:
-        raise FinsentError(f"{lock_file}: not valid YAML ({error.__class__.__name__})") from None
-    try:
-        relative = folder.resolve().relative_to(lock_file.resolve().parent).as_posix()
-    except ValueError:  # the folder is outside the project
-        return None
-    for stage in (lock or {}).get("stages", {}).values():
-        for out in stage.get("outs", []):
-            if out.get("path") == relative and {"md5", "size", "nfiles"} <= out.keys():
-                return LockedOutput(md5=out["md5"], size=out["size"], nfiles=out["nfiles"])
-    return None
+def model_version(folder: Path) -> str:
+    """The first 16 hex digits of a SHA-256 over each file's path (relative to `folder`) and SHA-256."""
+    folder = Path(folder)
+    files = sorted(
+        (path.relative_to(folder).as_posix(), path) for path in folder.rglob("*") if path.is_file()
+    )
+    outer = hashlib.sha256()
+    for relative, path in files:
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        outer.update(f"{relative}\0{digest}\n".encode("utf-8", "surrogateescape"))
+    return outer.hexdigest()[:VERSION_HEX_DIGITS]

@@ -17,6 +17,7 @@ from finsent.config import BACKENDS, LABELS
 from finsent.errors import FinsentError
 from finsent.predictors import ONNX_FILES, load_predictor
 from finsent.serving.settings import load_serve_settings
+from finsent.text import first_blank
 
 PROGRESS_MIN_ROWS = 500
 """Files with more rows than this show a progress bar on stderr."""
@@ -31,6 +32,8 @@ def read_texts_file(path: Path, column: str) -> list[str]:
         content = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise FinsentError(f"{path}: file not found") from None
+    except OSError as error:  # a folder, no permission
+        raise FinsentError(f"{path}: cannot read it ({error.strerror})") from None
     except UnicodeDecodeError as error:
         raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
     try:
@@ -82,6 +85,17 @@ def format_predictions(probabilities: np.ndarray, output_format: str) -> str:
     )
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a bad value is a usage error (exit status 2) naming the flag."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def main() -> None:
     settings = load_serve_settings()
     parser = argparse.ArgumentParser(
@@ -113,19 +127,27 @@ def main() -> None:
     parser.add_argument(
         "--exported-dir", type=Path, default=settings.exported_dir, help="export stage output"
     )
-    parser.add_argument("--batch-size", type=int, default=settings.batch_size)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=settings.batch_size, help="texts a model run, at most"
+    )
     args = parser.parse_args()
 
     if args.texts and args.input_file:
         parser.error("give texts as arguments or --input-file, not both")
+    if args.output is not None and args.output.is_dir():
+        parser.error(f"argument -o/--output: {args.output} is a folder; give a file to write")
+    # Where a text came from, for an error: "argument 2", "<file>: row 2", "stdin: line 2".
     if args.texts:
-        texts, source = args.texts, "arguments"
+        texts, where = args.texts, "argument"
     elif args.input_file:
-        texts, source = read_texts_file(args.input_file, args.text_column), str(args.input_file)
+        texts, where = read_texts_file(args.input_file, args.text_column), f"{args.input_file}: row"
     else:
-        texts, source = read_stdin_lines(), "stdin"
+        texts, where = read_stdin_lines(), "stdin: line"
     if not texts:
-        raise FinsentError(f"{source}: no texts to classify")
+        raise FinsentError("stdin: no texts to classify")
+    blank = first_blank(texts)
+    if blank is not None:  # the pipeline's rule: such a text is no tweet to classify
+        raise FinsentError(f"{where} {blank + 1}: empty or only whitespace")
     output_format = args.format or (
         "csv" if args.output and args.output.suffix.lower() == ".csv" else "jsonl"
     )
@@ -141,8 +163,11 @@ def main() -> None:
     if args.output is None:
         sys.stdout.write(result)
         return
-    with atomic_file(args.output) as staging:
-        staging.write_text(result, encoding="utf-8")
+    try:
+        with atomic_file(args.output) as staging:
+            staging.write_text(result, encoding="utf-8")
+    except OSError as error:  # no permission, a parent that is a file
+        raise FinsentError(f"{args.output}: cannot write it ({error.strerror})") from None
 
 
 def cli() -> None:

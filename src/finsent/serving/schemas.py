@@ -2,9 +2,13 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, create_model
+from pydantic_core import PydanticCustomError
 
 from finsent.config import Backend, Label
+from finsent.text import first_blank
+
+MODEL_VERSION = "the first 16 hex digits of a SHA-256 over the files of the folder that the backend reads"
 
 
 class Prediction(BaseModel):
@@ -15,20 +19,41 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="one per text, in the order of the request")
     backend: Backend
-    model_version: str | None = Field(
-        description="md5 that dvc.lock records for the model folder; null when the folder does not match it"
-    )
+    model_version: str = Field(description=MODEL_VERSION)
 
 
 class ModelStatus(BaseModel):
     status: Literal["ready"]
     backend: Backend
-    model_version: str | None
+    model_version: str = Field(description=MODEL_VERSION)
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description='where: "body", then the field and the index of the text')
+    msg: str
+    type: str
+
+
+class ValidationErrors(BaseModel):
+    """A 422: what is wrong with the request and where, never the input itself."""
+
+    detail: list[ErrorDetail] = Field(description="the first errors found, at most 10")
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+def not_blank(text: str) -> str:
+    """The pipeline's rule (`finsent.text.first_blank`): a text with nothing but whitespace is refused."""
+    if first_blank([text]) is not None:
+        raise PydanticCustomError("blank_text", "Text is empty or only whitespace")
+    return text
 
 
 def predict_request(max_texts: int, max_text_chars: int) -> type[BaseModel]:
-    """The body of POST /v1/predict, with the limits of params.yaml `serve` in its schema."""
-    text = Annotated[StrictStr, Field(max_length=max_text_chars)]
+    """The body of POST /v1/predict, with the limits of the serve settings in its schema."""
+    text = Annotated[StrictStr, Field(max_length=max_text_chars), AfterValidator(not_blank)]
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
@@ -37,7 +62,8 @@ def predict_request(max_texts: int, max_text_chars: int) -> type[BaseModel]:
             Field(
                 min_length=1,
                 max_length=max_texts,
-                description=f"1 to {max_texts} texts of at most {max_text_chars} characters each",
+                description=f"1 to {max_texts} texts of 1 to {max_text_chars} characters each, "
+                "not only whitespace",
                 examples=[["$AAPL beats estimates, shares up 5%", "Fed holds rates steady"]],
             ),
         ),

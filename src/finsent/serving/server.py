@@ -1,34 +1,65 @@
-"""The `finsent-serve` command: the classifier behind an HTTP API (FastAPI on uvicorn), loaded once."""
+"""The `finsent-serve` command: the classifier behind an HTTP API (FastAPI on uvicorn), loaded once.
+
+Concurrent requests share model runs (`finsent.serving.batching`); each request is logged as one JSON
+line on stdout; metrics at /metrics. Limits against hostile or broken clients: body size, time to send
+a request, open connections, texts waiting for the model. SIGTERM stops accepting connections, answers
+the requests in flight, then exits.
+"""
 
 import argparse
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from finsent import __version__
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, Backend
 from finsent.predictors import Predictor, load_predictor, model_folder
+from finsent.serving.batching import Batcher, Overloaded
+from finsent.serving.limits import BodyLimit, RequestDeadlineProtocol
 from finsent.serving.model_version import model_version
-from finsent.serving.schemas import ModelStatus, Prediction, PredictResponse, predict_request
+from finsent.serving.observability import AccessLog, Metrics, log_access_to_stdout
+from finsent.serving.schemas import (
+    ErrorMessage,
+    ModelStatus,
+    Prediction,
+    PredictResponse,
+    ValidationErrors,
+    predict_request,
+)
 from finsent.serving.settings import ServeSettings, load_serve_settings
 
+MAX_REPORTED_ERRORS = 10
+MAX_LOC_CHARS = 64
+RETRY_AFTER_S = 1
 
-def create_app(
-    predictor: Predictor, backend: Backend, version: str | None, settings: ServeSettings
-) -> FastAPI:
+
+def create_app(predictor: Predictor, backend: Backend, version: str, settings: ServeSettings) -> FastAPI:
     """The API around a loaded `predictor`; it is ready once a first prediction has warmed it up."""
+    metrics = Metrics(backend, version)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor.predict_proba(["warm-up"])  # the first run allocates; no request should pay for it
-        app.state.ready = True
+        batcher = Batcher(
+            predictor.predict_proba,
+            window_s=settings.batch_window_ms / 1000,
+            max_batch=settings.batch_size,
+            max_queued=settings.max_queued_texts,
+            on_batch=metrics.batch_texts.observe,
+        )
+        metrics.waiting_texts.set_function(lambda: batcher.waiting_texts)
+        batcher.start()
+        app.state.batcher = batcher
         yield
+        await batcher.stop()  # uvicorn calls this once the requests in flight are answered
 
     app = FastAPI(
         title="finsent",
@@ -36,47 +67,89 @@ def create_app(
         description="Sentiment of finance tweets: Bearish, Bullish or Neutral.",
         lifespan=lifespan,
     )
-    app.state.ready = False
+    app.state.batcher = None
+    app.add_exception_handler(RequestValidationError, validation_failed)
     PredictRequest = predict_request(settings.max_texts, settings.max_text_chars)
-    # One model run at a time, on `model_threads` cores; the others parse and answer HTTP
-    # meanwhile. Requests are not batched together: an int8 model's result for a text would then
-    # depend on the texts of other requests (activations are quantized per batch).
-    model_lock = threading.Lock()
 
     @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
         "/readyz",
         summary="The model is loaded",
         response_model=ModelStatus,
-        responses={503: {"description": "not ready yet"}},
+        responses={503: {"model": ErrorMessage, "description": "not ready yet"}},
     )
-    def readyz(request: Request):
-        if not request.app.state.ready:
+    async def readyz(request: Request):
+        if request.app.state.batcher is None:
             return JSONResponse({"detail": "model not loaded yet"}, status_code=503)
         return ModelStatus(status="ready", backend=backend, model_version=version)
 
-    @app.post("/v1/predict", summary="Classify texts")
-    def predict(body: PredictRequest) -> PredictResponse:  # a plain def: FastAPI runs it in a worker thread
-        with model_lock:
-            probabilities = predictor.predict_proba(body.texts)
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+    @app.post(
+        "/v1/predict",
+        summary="Classify texts",
+        responses={
+            400: {"model": ErrorMessage, "description": "the body could not be read (the client went away)"},
+            413: {"model": ErrorMessage, "description": f"body over {settings.max_body_bytes} bytes"},
+            422: {"model": ValidationErrors, "description": "the body is not a valid request"},
+            503: {
+                "model": ErrorMessage,
+                "description": "overloaded: too many texts wait for the model (JSON, with Retry-After), "
+                "or too many open connections (uvicorn's plain-text answer); retry later",
+                "headers": retry_after,
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        },
+    )
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        try:
+            probabilities = await request.app.state.batcher.predict(body.texts)
+        except Overloaded:
+            raise HTTPException(
+                503, "overloaded, retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from None
         predictions = [
             Prediction(label=LABELS[row.argmax()], probabilities=dict(zip(LABELS, row.tolist(), strict=True)))
             for row in probabilities
         ]
         return PredictResponse(predictions=predictions, backend=backend, model_version=version)
 
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(route.path for route in app.routes))
     return app
+
+
+async def validation_failed(request: Request, error: RequestValidationError) -> JSONResponse:
+    """A 422 that says where and what, never echoing the input (FastAPI's own answer does: a 50 MB body
+    got a 52 MB answer, and a NaN or a lone surrogate in it could not be written as JSON at all)."""
+    detail = [
+        {"loc": [_printable(part) for part in item["loc"]], "msg": item["msg"], "type": item["type"]}
+        for item in error.errors()[:MAX_REPORTED_ERRORS]
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _printable(part: str | int) -> str | int:
+    """A location part as UTF-8 can carry it: an unknown field's name is the client's text."""
+    if isinstance(part, int):
+        return part
+    return part[:MAX_LOC_CHARS].encode("utf-8", "replace").decode("utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="finsent-serve",
         description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Each flag's default comes from FINSENT_SERVE_<FLAG>, else params.yaml's serve section, "
-        "else the built-in default (finsent/serving/settings.py).",
+        "else the built-in default (finsent/serving/settings.py), as do the settings without a flag.",
     )
     parser.add_argument("-b", "--backend", choices=BACKENDS, help="runtime and model")
     parser.add_argument("--model-threads", type=int, help="cores one model run uses, 0 for all")
@@ -95,7 +168,16 @@ def main() -> None:
     )
     version = model_version(model_folder(settings.backend, settings.model_dir, settings.exported_dir))
     app = create_app(predictor, settings.backend, version, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    log_access_to_stdout()
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,  # AccessLog writes one JSON line a request instead
+        http=partial(RequestDeadlineProtocol, request_timeout_s=settings.request_timeout_s),
+        limit_concurrency=settings.max_connections,
+    )
 
 
 def cli() -> None:

@@ -45,13 +45,32 @@ class ServeSettings(BaseSettings):
     backend: Backend = "onnx_int8"
     model_dir: Path = Field(Path("models"), description="the train stage's output (pytorch backend)")
     exported_dir: Path = Field(Path("exported"), description="the export stage's output (ONNX backends)")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(
+        32, gt=0, description="texts a model run, at most; the server gathers concurrent requests up to it"
+    )
     # Cores one model run of finsent-serve uses; 0: all of them (finsent-predict always uses all).
     model_threads: int = Field(1, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
     max_texts: int = Field(64, gt=0, description="texts a request, at most")
     max_text_chars: int = Field(1000, gt=0, description="characters a text, at most")
+    batch_window_ms: float = Field(
+        3.0, ge=0, description="how long a request waits for others to share its model run (server)"
+    )
+    max_queued_texts: int = Field(
+        256, gt=0, description="texts waiting for the model, at most; a request beyond gets a 503 (server)"
+    )
+    max_connections: int = Field(
+        256, gt=0, description="open connections, at most; a request beyond gets a 503 (server)"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="time a client has to send a whole request, headers and body (server)"
+    )
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body a valid request can have: every character escaped as a surrogate pair."""
+        return self.max_texts * (12 * self.max_text_chars + 8) + 1024
 
     @classmethod
     def settings_customise_sources(
