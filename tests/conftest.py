@@ -47,6 +47,7 @@ def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
     input_names = {"mpnet": ["input_ids", "attention_mask"]}.get(architecture)
     extra = {"model_input_names": input_names} if input_names else {}
     tokenizer = AutoTokenizer.from_pretrained(packaged_model(MINILM), **extra)
+    tokenizer.model_max_length = 128  # the tiny model's positions: a longer text is truncated, not a crash
     sizes = {
         "vocab_size": tokenizer.vocab_size,
         "hidden_size": 32,

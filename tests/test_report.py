@@ -129,6 +129,11 @@ def test_workflow_runs_the_checks_and_posts_the_report_of_this_package():
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["finsent-pr-report"] == "finsent.experiments.report:cli"
     assert "pull_request" in workflow["on"]
+    # The pull request's code runs `make test`: no write token may be left in .git/config for it.
+    checkout = next(
+        step for step in workflow["jobs"]["report"]["steps"] if "checkout" in step.get("uses", "")
+    )
+    assert checkout["with"]["persist-credentials"] is False
     steps = workflow["jobs"]["report"]["steps"]
     commands = "\n".join(step.get("run", "") for step in steps)
     assert "make test" in commands
