@@ -27,10 +27,9 @@ import aiohttp
 import httpx
 import numpy as np
 
+from finsent.config import BACKENDS
 from finsent.data import read_jsonl
 from finsent.predictors import load_predictor
-
-BACKENDS = ("pytorch", "onnx_fp32", "onnx_int8")
 
 
 def in_process(
