@@ -18,10 +18,25 @@ from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.distillation import AUGMENTED_FILE, SPLIT_FILES, write_logits
+from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.pretrained import resolve_pretrained
 from finsent.tokenization import load_fast_tokenizer, text_normalization, tokenize_frame
 from finsent.training import predict_logits, train_classifier
+
+DEV_TOLERANCE = 0.005
+"""How far the written logits' dev scores may be from training's own evaluation of the same model: a
+tweet or two whose label flips with the batch's padding, where logits out of row order score far off."""
+
+
+def check_reproduces_dev(recomputed: dict, evaluated: dict) -> None:
+    """The logits written must give the dev scores that Trainer's own evaluation gave the chosen epoch:
+    else they are not the rows' logits, or not this model's, and nothing is written."""
+    if any(abs(recomputed[name] - evaluated[name]) > DEV_TOLERANCE for name in ("macro_f1", "accuracy")):
+        raise FinsentError(
+            f"teacher: its logits score dev macro-F1 {recomputed['macro_f1']:.4f}, where training "
+            f"evaluated the same model at {evaluated['macro_f1']:.4f}: they are not in row order"
+        )
 
 
 def main() -> None:
@@ -43,10 +58,10 @@ def main() -> None:
         trainer, summary = train_classifier(
             checkpoint_dir, teacher.lora, teacher.train, tokenized["train"], tokenized["dev"], tokenizer
         )
-        trainer.args.per_device_eval_batch_size = teacher.label_batch_size
         start = time.perf_counter()
-        logits = {split: predict_logits(trainer, dataset) for split, dataset in tokenized.items()}
-        augmented_logits = predict_logits(trainer, tokenize_frame(augmented, tokenizer, normalize))
+        batch = teacher.label_batch_size
+        logits = {split: predict_logits(trainer, dataset, batch) for split, dataset in tokenized.items()}
+        augmented_logits = predict_logits(trainer, tokenize_frame(augmented, tokenizer, normalize), batch)
         labelled = sum(map(len, logits.values())) + len(augmented)
         for split, file_name in SPLIT_FILES.items():
             write_logits(staging / file_name, splits[split][["id"]], logits[split])
@@ -55,6 +70,7 @@ def main() -> None:
             split: headline_metrics(splits[split]["label"].to_numpy(), softmax(logits[split], axis=1))
             for split in ("dev", "validation")
         }
+        check_reproduces_dev(metrics["dev"], summary["dev"])
         metrics |= {
             "best_epoch": summary["best_epoch"],
             "train": summary["train"],

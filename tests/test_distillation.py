@@ -152,3 +152,34 @@ def _train_params():
     from test_training import train_params
 
     return train_params()
+
+
+def test_predict_logits_are_in_row_order_after_length_grouped_training(tiny_bert_dir):
+    """Trainer's evaluation sampler shuffles rows when training groups them by length (transformers 5):
+    the teacher's logits must still be each row's own, as a plain forward pass gives them."""
+    from transformers import AutoTokenizer
+
+    from finsent.config import LoraParams
+    from finsent.text import TextNormalization
+    from finsent.tokenization import tokenize_frame
+    from finsent.training import predict_logits, train_classifier
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    words = ["stocks", "rally", "as", "the", "fed", "holds", "rates", "and", "earnings", "beat", "estimates"]
+    frame = pd.DataFrame(
+        {
+            "id": range(200),
+            "text": [f"{' '.join(words[: 1 + i % len(words)])} {i}" for i in range(200)],
+            "label": [i % 3 for i in range(200)],
+        }
+    )
+    dataset = tokenize_frame(frame, tokenizer, TextNormalization())
+    lora = LoraParams(enabled=True, r=2, alpha=4, dropout=0.0, target_modules="auto")
+    params = _train_params().model_copy(update={"epochs": 1, "batch_size": 16})
+    trainer, _ = train_classifier(tiny_bert_dir, lora, params, dataset, dataset.select(range(40)), tokenizer)
+    logits = predict_logits(trainer, dataset, batch_size=8)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        for row in (0, 7, 13, 150, 199):
+            alone = model(**tokenizer(frame["text"][row], return_tensors="pt")).logits[0].numpy()
+            np.testing.assert_allclose(logits[row], alone, atol=1e-4)

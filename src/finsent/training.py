@@ -5,6 +5,7 @@ train through `train_classifier`. With distillation, each training row carries t
 beside its label (`TEACHER_LOGITS`), and the loss is `distillation_loss`.
 """
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -264,14 +265,26 @@ def train_classifier(
     return trainer, summary
 
 
-def predict_logits(trainer: Trainer, dataset: Dataset) -> np.ndarray:
+def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.ndarray:
     """The logits of every row of `dataset`, shape (rows, len(LABELS)), in its order.
 
     Rows run in order of length, so that each batch pads little; the result is put back in order.
+    Not `trainer.predict` as it is: when training groups batches by length, transformers 5 makes the
+    evaluation sampler group them too, in a seeded shuffle, and predictions come back in that order.
+    A Trainer with the same model and arguments but sequential sampling reads the rows as given.
     """
     order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
     columns = [name for name in dataset.column_names if name != TEACHER_LOGITS]
-    logits = trainer.predict(dataset.select(order).select_columns(columns)).predictions
+    args = dataclasses.replace(
+        trainer.args,
+        train_sampling_strategy="sequential",
+        per_device_eval_batch_size=batch_size,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+    )
+    predictor = Trainer(model=trainer.model, args=args, data_collator=trainer.data_collator)
+    logits = predictor.predict(dataset.select(order).select_columns(columns)).predictions
     result = np.empty_like(logits)
     result[order] = logits
     return result
