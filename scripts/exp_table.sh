@@ -10,9 +10,11 @@
 # and time (s, in Trainer); the int8 export's smoothing and its dev fidelity to PyTorch.
 # An experiment run up to `train` only shows the validation metrics of the commit it started from:
 # ignore those columns for it.
+# The train stage's columns carry their file's name where metrics/teacher.json has keys of the same
+# name (dvc exp show prefixes clashing names); the teacher's are left out.
 # Every Trainer field, data fingerprint and dependency hash is left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-columns='Experiment|Created|distill\.(enabled|alpha|temperature|augmented_copies)|tokenize\.(url|cashtag)_replacement|lora\.(enabled|r|alpha|dropout)|train\.(learning_rate|epochs|batch_size|num_processes|class_weights|label_smoothing|focal_gamma|lr_scheduler_type|warmup_ratio|weight_decay|seed)|dev\.(macro_f1|accuracy)|best_epoch|macro_f1|accuracy|train\.(samples_per_second|runtime_s)|export\.smoothing_alpha|onnx_int8\.dev\.(agreement_with_pytorch|mean_abs_probability_difference)'
+columns='Experiment|Created|distill\.(enabled|alpha|temperature|augmented_copies)|tokenize\.(url|cashtag)_replacement|lora\.(enabled|r|alpha|dropout)|train\.(learning_rate|epochs|batch_size|num_processes|class_weights|label_smoothing|focal_gamma|lr_scheduler_type|warmup_ratio|weight_decay|seed)|(metrics/train/metrics\.json:)?(dev\.(macro_f1|accuracy)|best_epoch|train\.(samples_per_second|runtime_s))|macro_f1|accuracy|export\.smoothing_alpha|onnx_int8\.dev\.(agreement_with_pytorch|mean_abs_probability_difference)'
 exec dvc exp show --no-pager --drop '.*' --keep "^($columns)\$" \
   --sort-by metrics/train/metrics.json:dev.macro_f1 --sort-order desc "$@"

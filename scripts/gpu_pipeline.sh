@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The full default pipeline on a GPU machine that has PyTorch but perhaps not the rest, and no network.
 #
-#   scripts/gpu_pipeline.sh [WHEEL_DIR]
+#   scripts/gpu_pipeline.sh [--teacher] [WHEEL_DIR]
 #
+# --teacher retrains the teacher stage (`dvc repro --force`); without it the teacher's outputs in git
+# are used as they are (the stage is up to date in a clone).
 # WHEEL_DIR holds wheels brought along for what the machine lacks; one whose package is installed
 # already is skipped, so the machine's own torch and CUDA stay as they are. Fetch them where pip
 # works, for the GPU machine's Python and platform, as the README's "On a GPU" section shows.
@@ -11,6 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+force_teacher=()
+if [[ ${1:-} == --teacher ]]; then
+  force_teacher=(--force)
+  shift
+fi
 
 if [[ $# -ge 1 ]]; then
   mapfile -t missing < <("$python" - "$1" <<'PY'
@@ -39,14 +46,22 @@ if ! command -v python >/dev/null; then
 fi
 
 "$python" -c 'import torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA device)")'
-for stage in download tokenize train evaluate; do
+for stage in download teacher tokenize train evaluate; do
   start=$EPOCHREALTIME
-  "$python" -m dvc repro --single-item "$stage"
+  if [[ $stage == teacher ]]; then
+    "$python" -m dvc repro --single-item "${force_teacher[@]}" teacher
+  else
+    "$python" -m dvc repro --single-item "$stage"
+  fi
   awk -v stage="$stage" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "stage %s: %.1f s\n", stage, e - s }'
 done
 "$python" - <<'PY'
 import json
 
+teacher = json.load(open("metrics/teacher.json"))
+print(f"teacher: dev macro-F1 {teacher['dev']['macro_f1']:.4f}, accuracy {teacher['dev']['accuracy']:.4f}; "
+      f"validation macro-F1 {teacher['validation']['macro_f1']:.4f}, accuracy {teacher['validation']['accuracy']:.4f}; "
+      f"{teacher['train']['samples_per_second']:.1f} samples/s")
 train = json.load(open("metrics/train/metrics.json"))
 validation = json.load(open("metrics/validation.json"))
 print(f"train: {train['train']['samples_per_second']:.1f} samples/s, {train['train']['runtime_s']:.1f} s in Trainer")
