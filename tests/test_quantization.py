@@ -118,10 +118,10 @@ def test_int8_has_fixed_activation_ranges_and_int8_weights_only(tmp_path, small_
     fp32_nodes = {node.name: node for node in onnx.load(fp32_file).graph.node}
     quantized = set(weight_nodes(onnx.load(fp32_file)))
     # The linear layers of the 2 blocks (query, key, value, attention output, the two feed-forward
-    # layers) and the embedding tables; not the products of two activations (attention scores, and
-    # their weighted sum of values), nor the pooler and classifier (Gemm).
-    assert sum(fp32_nodes[name].op_type == "MatMul" for name in quantized) == 12
-    assert any("word_embeddings" in fp32_nodes[name].input[0] for name in quantized)
+    # layers); not the products of two activations (attention scores, and their weighted sum of
+    # values), nor the pooler and classifier (Gemm), nor the embedding tables (Gather).
+    assert len(quantized) == 12
+    assert {fp32_nodes[name].op_type for name in quantized} == {"MatMul"}
 
     graph = onnx.load(int8_file).graph
     stored = {initializer.name: initializer for initializer in graph.initializer}
@@ -138,14 +138,18 @@ def test_int8_has_fixed_activation_ranges_and_int8_weights_only(tmp_path, small_
 
     products = {node.name: stored_8_bit_input(node) for node in graph.node if node.name in fp32_nodes}
     assert {name for name, data_type in products.items() if data_type is not None} == quantized
-    # Linear weights signed, symmetric per output channel; embedding tables unsigned, one range each.
-    assert {products[name] for name in quantized if fp32_nodes[name].op_type == "MatMul"} == {
-        onnx.TensorProto.INT8
+    # Linear weights signed, symmetric per output channel; the embedding tables stored as they were.
+    assert {products[name] for name in quantized} == {onnx.TensorProto.INT8}
+    lookups = [node for node in graph.node if node.op_type == "Gather" and node.input[0] in stored]
+    assert lookups
+    assert {stored[node.input[0]].data_type for node in lookups} <= {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.INT64,
     }
+    assert any(stored[node.input[0]].data_type == onnx.TensorProto.FLOAT for node in lookups)
     # Static ranges: each activation's scale and zero point are stored in the model; none is computed
     # per batch (DynamicQuantizeLinear, as quantize_dynamic makes).
     assert "DynamicQuantizeLinear" not in {node.op_type for node in graph.node}
     activations = [node for node in graph.node if node.op_type == "QuantizeLinear"]
     assert len(activations) >= 12
     assert all(node.input[1] in stored and node.input[2] in stored for node in activations)
-    assert int8_file.stat().st_size < fp32_file.stat().st_size / 3
