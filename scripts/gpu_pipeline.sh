@@ -7,7 +7,7 @@
 # are used as they are (the stage is up to date in a clone).
 # WHEEL_DIR holds wheels brought along for what the machine lacks; one whose package is installed
 # already is skipped, so the machine's own torch and CUDA stay as they are. Fetch them where pip
-# works, for the GPU machine's Python and platform, as the README's "On a GPU" section shows.
+# works, for the GPU machine's Python and platform, as docs/training.md's "On a GPU" section shows.
 # Where the hub is out of reach, set FINSENT_DATA_MIRROR. Prints each stage's wall time, the training
 # samples/s and the validation metrics; outputs and dvc.lock are those of a plain `dvc repro`.
 set -euo pipefail
