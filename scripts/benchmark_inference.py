@@ -11,6 +11,13 @@ request than the server itself, about seven times aiohttp's, and a load generato
 server's CPU measures itself. The client's CPU a request is reported too.
 
     PYTHONPATH=src python scripts/benchmark_inference.py    # from the project root, after `dvc repro export`
+    PYTHONPATH=src python scripts/benchmark_inference.py --pretrained sentence-transformers/all-mpnet-base-v2
+
+--pretrained times another model without training it: the classifier the train stage would build from
+that checkpoint (a new head, LoRA as params.yaml's `lora` section says), saved as the train stage saves
+it and exported as the export stage exports it (LoRA merged, smoothed, static int8, calibrated on the
+training texts), in a temporary folder. Speed does not depend on the weights' values, so it times what
+a trained model of that architecture would; its answers mean nothing.
 """
 
 import argparse
@@ -20,6 +27,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +35,13 @@ import aiohttp
 import httpx
 import numpy as np
 
-from finsent.config import BACKENDS
+from finsent.config import BACKENDS, load_params
 from finsent.data import read_jsonl
-from finsent.predictors import load_predictor
+from finsent.export import write_onnx_models
+from finsent.modeling import load_base_model, save_classifier, with_lora
+from finsent.predictors import TorchPredictor, load_predictor
+from finsent.pretrained import resolve_pretrained
+from finsent.tokenization import load_fast_tokenizer, text_normalization
 
 
 def in_process(
@@ -52,6 +64,22 @@ def in_process(
         {"run": "in process, batch 1", "texts_per_s": single / sum(latencies), **percentiles(latencies)},
         {"run": "in process, batch 32", "texts_per_s": len(texts) / batch_seconds},
     ]
+
+
+def untrained_export(checkpoint: str, calibration_file: Path, folder: Path) -> tuple[Path, Path]:
+    """`checkpoint` as the train and export stages would write it, untrained: (model_dir, exported_dir)."""
+    params = load_params()
+    checkpoint_dir = resolve_pretrained(checkpoint, params.model.revision)
+    tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
+    model = with_lora(load_base_model(checkpoint_dir), params.lora)
+    model_dir, exported_dir = folder / "models", folder / "exported"
+    save_classifier(
+        model, tokenizer, text_normalization(params.tokenize), checkpoint, checkpoint_dir, model_dir
+    )
+    reference = TorchPredictor.from_dir(model_dir, params.export.batch_size)
+    exported_dir.mkdir()
+    write_onnx_models(reference, exported_dir, read_jsonl(calibration_file)["text"].tolist(), params.export)
+    return model_dir, exported_dir
 
 
 def percentiles(latencies: list[float]) -> dict:
@@ -147,9 +175,16 @@ def main() -> None:
         type=int,
         help="the server's --model-threads (default: its own setting, serve.model_threads)",
     )
+    parser.add_argument("--pretrained", metavar="CHECKPOINT", help="time this model, untrained (see above)")
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
     texts = read_jsonl(args.texts)["text"].tolist()
+    scratch = tempfile.TemporaryDirectory(prefix="finsent-benchmark-")
+    if args.pretrained:
+        args.model_dir, args.exported_dir = untrained_export(
+            args.pretrained, Path("data/raw/train.jsonl"), Path(scratch.name)
+        )
+        print(f"exported {args.pretrained}, untrained, into {scratch.name}", file=sys.stderr)
     results = {}
     for backend in args.backends:
         results[backend] = in_process(backend, args.model_dir, args.exported_dir, texts, args.single)
@@ -160,7 +195,8 @@ def main() -> None:
 
     threads = "its setting" if args.server_model_threads is None else args.server_model_threads
     cpus = len(os.sched_getaffinity(0))
-    print(f"{len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}\n")
+    model = f"{args.pretrained} (untrained)" if args.pretrained else str(args.exported_dir)
+    print(f"{model}; {len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}\n")
     print(
         "| backend | run | texts/s | p50 / p99 (ms) | errors | vs batch 32 | client CPU (ms a request) |\n"
         + "|---" * 7
@@ -178,6 +214,7 @@ def main() -> None:
             )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch_alone_and_in_ba
         assert fp32[batch]["max_abs_probability_difference"] < 1e-3
         assert fp32[batch]["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
         assert 0 < int8[batch]["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly
-    assert int8["file_mb"] < fp32["file_mb"] / 3
     for backend, file_name in ONNX_FILES.items():
         for size in (1, batch_size):
             probabilities = OnnxPredictor(exported / file_name, size).predict_proba(texts)

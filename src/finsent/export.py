@@ -146,30 +146,15 @@ def check_agreement(metrics: dict, batch_sizes: list[int], min_agreement: MinAgr
                 )
 
 
-def export_classifier(
-    model_dir: Path,
-    out_dir: Path,
-    validation: pd.DataFrame,
-    dev_texts: list[str],
-    calibration_texts: list[str],
-    params: ExportParams,
-) -> dict:
-    """Export `model_dir` into `out_dir` (fp32 and int8 ONNX, tokenizer); metrics of both against PyTorch.
+def write_onnx_models(
+    reference: TorchPredictor, out_dir: Path, calibration_texts: list[str], params: ExportParams
+) -> None:
+    """`reference` as ONNX fp32 and int8 in `out_dir`, with its tokenizer and text normalisation.
 
     The int8 model is quantized from a smoothed copy (unless `params.smoothing_alpha` is None); both the
     smoothing and the int8 activation ranges are calibrated on `params.calibration_texts` texts spread
-    evenly over `calibration_texts` (training texts: the compared texts stay unseen). Each ONNX model is
-    compared on `validation` alone and in batches of `params.batch_size` (metrics, and the gate), and on
-    `dev_texts` (fidelity alone: what the export params are tuned on).
-
-    Raises FinsentError when an ONNX model's labels, at either batch size, agree with PyTorch's on fewer
-    validation texts than `params.min_agreement` asks (inside `atomic_dir`, nothing is then kept).
+    evenly over `calibration_texts`. Merges the LoRA adapter into `reference`'s model, in place.
     """
-    texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
-    reference = TorchPredictor.from_dir(model_dir, params.batch_size)
-    # Before merging, which rewrites the model's layers in place.
-    expected, expected_dev = reference.predict_proba(texts), reference.predict_proba(dev_texts)
-    metrics = {"pytorch": headline_metrics(labels, expected)}
     save_text_processing(out_dir, reference.tokenizer, reference.normalize)
     model = merged_model(reference)
     fp32_file, int8_file = out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"]
@@ -184,6 +169,32 @@ def export_classifier(
         export_onnx(model, reference.tokenizer, smoothed_file)
         quantize_int8(smoothed_file, int8_file, reference.tokenizer, calibration)
         smoothed_file.unlink()
+
+
+def export_classifier(
+    model_dir: Path,
+    out_dir: Path,
+    validation: pd.DataFrame,
+    dev_texts: list[str],
+    calibration_texts: list[str],
+    params: ExportParams,
+) -> dict:
+    """Export `model_dir` into `out_dir` (fp32 and int8 ONNX, tokenizer); metrics of both against PyTorch.
+
+    The ONNX models are written by `write_onnx_models`, calibrated on `calibration_texts` (training
+    texts: the compared texts stay unseen). Each ONNX model is
+    compared on `validation` alone and in batches of `params.batch_size` (metrics, and the gate), and on
+    `dev_texts` (fidelity alone: what the export params are tuned on).
+
+    Raises FinsentError when an ONNX model's labels, at either batch size, agree with PyTorch's on fewer
+    validation texts than `params.min_agreement` asks (inside `atomic_dir`, nothing is then kept).
+    """
+    texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
+    reference = TorchPredictor.from_dir(model_dir, params.batch_size)
+    # Before merging, which rewrites the model's layers in place.
+    expected, expected_dev = reference.predict_proba(texts), reference.predict_proba(dev_texts)
+    metrics = {"pytorch": headline_metrics(labels, expected)}
+    write_onnx_models(reference, out_dir, calibration_texts, params)
     batch_sizes = sorted({1, params.batch_size})
     for backend, file_name in ONNX_FILES.items():
         metrics[backend] = runtime_metrics(
