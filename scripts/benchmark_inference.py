@@ -179,8 +179,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
     texts = read_jsonl(args.texts)["text"].tolist()
-    scratch = tempfile.TemporaryDirectory(prefix="finsent-benchmark-")
     if args.pretrained:
+        scratch = tempfile.TemporaryDirectory(prefix="finsent-benchmark-")
         args.model_dir, args.exported_dir = untrained_export(
             args.pretrained, Path("data/raw/train.jsonl"), Path(scratch.name)
         )
@@ -214,7 +214,8 @@ def main() -> None:
             )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    scratch.cleanup()
+    if args.pretrained:
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

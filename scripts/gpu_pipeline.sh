@@ -48,11 +48,9 @@ fi
 "$python" -c 'import torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA device)")'
 for stage in download teacher tokenize train evaluate; do
   start=$EPOCHREALTIME
-  if [[ $stage == teacher ]]; then
-    "$python" -m dvc repro --single-item "${force_teacher[@]}" teacher
-  else
-    "$python" -m dvc repro --single-item "$stage"
-  fi
+  forced=()
+  if [[ $stage == teacher ]]; then forced=("${force_teacher[@]}"); fi
+  "$python" -m dvc repro --single-item "${forced[@]}" "$stage"
   awk -v stage="$stage" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "stage %s: %.1f s\n", stage, e - s }'
 done
 "$python" - <<'PY'
