@@ -1,7 +1,10 @@
+import json
+import subprocess
+
 from conftest import PROJECT
 from ruamel.yaml import YAML
 
-from finsent.experiments.sweep_summary import Run, describe_change, summary_table, training_params
+from finsent.experiments.sweep_summary import Run, describe_change, runs_of, summary_table, training_params
 
 DEFAULTS = training_params(YAML(typ="safe").load((PROJECT / "params.yaml").read_text()))
 
@@ -42,3 +45,25 @@ def test_summary_has_a_row_a_change_best_mean_first():
         "| `train.epochs=5` | 1 | 42 | 0.835 | 0.835 to 0.835 | 0.870 | 4 | 490 |",
         "| `none (params.yaml)` | 2 | 42, 1 | 0.830 | 0.820 to 0.840 | 0.870 | 3, 3 | 270, 280 |",
     ]
+
+
+def test_only_finished_runs_count_not_one_still_running(monkeypatch):
+    monkeypatch.chdir(PROJECT)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    summary = json.loads((PROJECT / "metrics/train/metrics.json").read_text())
+    finished = {"rev": head, "metrics": {"metrics/train/metrics.json": {"data": summary}}}
+    # What `dvc exp show --json` gives for a queued experiment while it runs: metrics read from the
+    # folder it runs in (here: partial ones), its rev the queue's copy of HEAD, which holds HEAD's record.
+    partial = {**summary, "dev": {**summary["dev"], "macro_f1": 0.5}, "best_epoch": 1}
+    running = {"rev": "workspace", "metrics": {"metrics/train/metrics.json": {"data": partial}}}
+    shown = [
+        {
+            "rev": head,
+            "data": finished,
+            "experiments": [{"revs": [{"rev": head, "name": "still-running", "data": running}]}],
+        }
+    ]
+    runs = runs_of(shown, DEFAULTS)
+    assert [(run.name, run.dev_macro_f1) for run in runs] == [(head[:7], summary["dev"]["macro_f1"])]

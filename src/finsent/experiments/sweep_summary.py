@@ -95,6 +95,10 @@ def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
                 (rev["name"] or rev["rev"][:7], rev["rev"], rev["data"]) for rev in experiment["revs"]
             ]
         for name, rev, data in entries:
+            if (data or {}).get("rev") == "workspace":
+                # A running experiment: DVC shows its partial metrics from the folder it runs in, and
+                # its rev is the queue's copy of its base, whose record is the base's run.
+                continue
             summary = ((data or {}).get("metrics") or {}).get(TRAIN_METRICS, {}).get("data")
             params = recorded_params(rev) if summary and "dev" in summary else None
             if params is None:
