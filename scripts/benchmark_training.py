@@ -9,7 +9,9 @@ fresh process of its own so that its peak memory is its own. The variants add on
 - baseline: every sequence padded to tokenize.max_length, batches in random order, fp32;
 - dynamic padding: each batch padded to its longest sequence;
 - + length grouping: batches of similar lengths (what the train stage does);
-- + bf16 autocast: only on a CPU with native bf16 (AVX-512 BF16 or AMX); skipped elsewhere.
+- + bf16 autocast: only on a CPU with native bf16 (AVX-512 BF16 or AMX); skipped elsewhere;
+- the train stage without LoRA dropout (`lora.dropout: 0`, fp32): each adapter's dropout draws a mask
+  over its input, a cost of its own on a model this small.
 """
 
 import argparse
@@ -25,6 +27,7 @@ VARIANTS = {
     "dynamic padding": {"padding": "longest", "grouped": False},
     "dynamic padding + length grouping (train stage)": {"padding": "longest", "grouped": True},
     "+ bf16 autocast": {"padding": "longest", "grouped": True, "bf16": True},
+    "train stage without LoRA dropout": {"padding": "longest", "grouped": True, "lora_dropout": 0.0},
 }
 
 
@@ -32,7 +35,14 @@ WARM_UP_STEPS = 3
 """Steps left out of the timing: the first ones also pay for allocations and one-time set-up."""
 
 
-def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: bool = False) -> dict:
+def measure(
+    tokenized_dir: Path,
+    steps: int,
+    padding: str,
+    grouped: bool,
+    bf16: bool = False,
+    lora_dropout: float | None = None,
+) -> dict:
     """Train `steps` batches in this process; samples/s and the process's peak resident memory."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback
 
@@ -49,8 +59,9 @@ def measure(tokenized_dir: Path, steps: int, padding: str, grouped: bool, bf16: 
 
     times: dict[int, float] = {}
     params = load_params()
+    lora = params.lora if lora_dropout is None else params.lora.model_copy(update={"dropout": lora_dropout})
     model = with_lora(
-        load_base_model(resolve_pretrained(params.model.checkpoint, params.model.revision)), params.lora
+        load_base_model(resolve_pretrained(params.model.checkpoint, params.model.revision)), lora
     )
     tokenizer = AutoTokenizer.from_pretrained(tokenized_dir / TOKENIZER_SUBDIR)
     with tempfile.TemporaryDirectory() as scratch:
