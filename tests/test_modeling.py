@@ -47,6 +47,8 @@ def test_lora_targets_the_encoder_and_trains_the_head(tmp_path, architecture):
     [("bert", LORA), ("deberta-v2", LORA), ("bert", LORA.model_copy(update={"enabled": False}))],
     ids=["bert-lora", "deberta-v2-lora", "bert-full-fine-tuning"],
 )
+# peft's notice when it wraps the reloaded model, which TorchPredictor.from_dir silences around this call.
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture, lora):
     checkpoint = tiny_checkpoint(tmp_path / "checkpoint", architecture)
     torch.manual_seed(0)
