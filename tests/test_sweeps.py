@@ -4,7 +4,14 @@ import subprocess
 from conftest import PROJECT
 from ruamel.yaml import YAML
 
-from finsent.experiments.sweep_summary import Run, describe_change, runs_of, summary_table, training_params
+from finsent.experiments.sweep_summary import (
+    TRAIN_METRICS,
+    Run,
+    describe_change,
+    runs_of,
+    summary_table,
+    training_params,
+)
 
 DEFAULTS = training_params(YAML(typ="safe").load((PROJECT / "params.yaml").read_text()))
 
@@ -52,12 +59,12 @@ def test_only_finished_runs_count_not_one_still_running(monkeypatch):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    summary = json.loads((PROJECT / "metrics/train/metrics.json").read_text())
-    finished = {"rev": head, "metrics": {"metrics/train/metrics.json": {"data": summary}}}
+    summary = json.loads((PROJECT / TRAIN_METRICS).read_text())
+    finished = {"rev": head, "metrics": {TRAIN_METRICS: {"data": summary}}}
     # What `dvc exp show --json` gives for a queued experiment while it runs: metrics read from the
     # folder it runs in (here: partial ones), its rev the queue's copy of HEAD, which holds HEAD's record.
     partial = {**summary, "dev": {**summary["dev"], "macro_f1": 0.5}, "best_epoch": 1}
-    running = {"rev": "workspace", "metrics": {"metrics/train/metrics.json": {"data": partial}}}
+    running = {"rev": "workspace", "metrics": {TRAIN_METRICS: {"data": partial}}}
     shown = [
         {
             "rev": head,
