@@ -1,9 +1,11 @@
 """Shared fixtures: tiny random models built from configs, slices of the real data, a pipeline copy."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,14 @@ MIRROR = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never reach a hub: any attempt fails at once instead of hanging."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for name, value in OFFLINE_ENV.items():
+        monkeypatch.setenv(name, value)
 
 
 def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
@@ -123,15 +128,19 @@ def run(args: list[str], cwd: Path, env: dict | None = None, check: bool = True)
     return result
 
 
+def repro(repo: Path, *args: str, env: dict | None = None) -> set[str]:
+    """Run `dvc repro` and return the stages it ran."""
+    output = run(["dvc", "repro", *args], cwd=repo, env=env).stdout
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
 def stage_script(name: str) -> list[str]:
     return [sys.executable, str(PROJECT / "stages" / name)]
 
 
-@pytest.fixture
-def pipeline_repo(tmp_path, tiny_bert_dir, tiny_mpnet_dir, small_mirror, monkeypatch) -> Path:
+def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mirror: Path) -> Path:
     """A git + DVC copy of the project, set to train the tiny model on the small mirror for 2 epochs,
-    distilling a tiny MPNet teacher trained for 1."""
-    repo = tmp_path / "repo"
+    distilling a tiny MPNet teacher trained for 1; nothing run yet."""
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT).stdout.split()
     for name in files:
         if (PROJECT / name).is_file() and not name.startswith(
@@ -151,10 +160,47 @@ def pipeline_repo(tmp_path, tiny_bert_dir, tiny_mpnet_dir, small_mirror, monkeyp
         teacher__augment__copies=2,
         export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
-    monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
     init_git(repo)
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "commit", "-qm", "copy of the project"], cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path, tiny_bert_dir, tiny_mpnet_dir, small_mirror, monkeypatch) -> Path:
+    """The project's copy (`project_copy`), nothing run yet; the download stage reads the small mirror."""
+    monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
+    return project_copy(tmp_path / "repo", tiny_bert_dir, tiny_mpnet_dir, small_mirror)
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    repo: Path
+    stages_run: set[str]
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory, tiny_bert_dir, tiny_mpnet_dir, small_mirror) -> FirstRun:
+    """The project's copy after one `dvc repro`, committed with its dvc.lock, metrics and the teacher's
+    outputs: run once a test process, copied by `pipeline_run` for each test that starts from it."""
+    repo = project_copy(
+        tmp_path_factory.mktemp("first-run") / "repo", tiny_bert_dir, tiny_mpnet_dir, small_mirror
+    )
+    # Offline as every test is (a session fixture runs before `_offline`): the saved tokenizer's
+    # config records whether it was loaded offline, so a test that repeats this run in a clone sees
+    # the same bytes only with the same setting.
+    stages_run = repro(repo, env={MIRROR_ENV: str(small_mirror), **OFFLINE_ENV})
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", "first run: dvc.lock, metrics and the teacher's outputs"], cwd=repo)
+    return FirstRun(repo, stages_run)
+
+
+@pytest.fixture
+def pipeline_run(tmp_path, first_run, small_mirror, monkeypatch) -> Path:
+    """A copy of `first_run`'s repository (its git history and DVC cache too), this test's own."""
+    monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
+    repo = tmp_path / "repo"
+    shutil.copytree(first_run.repo, repo, symlinks=True)
     return repo
 
 

@@ -1,27 +1,20 @@
 """The real `dvc repro` and `dvc exp run`, offline, on a slice of the real data with a tiny model."""
 
 import json
-import re
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import edit_params, run
+from conftest import edit_params, repro, run
 from ruamel.yaml import YAML
 
-from finsent.data import read_jsonl
+from finsent.data import MIRROR_ENV, read_jsonl
 from finsent.metrics import headline_metrics
 from finsent.predictors import TorchPredictor
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "teacher", "tokenize", "train", "evaluate", "export")
-
-
-def repro(repo, *args) -> set[str]:
-    """Run `dvc repro` and return the stages it ran."""
-    output = run(["dvc", "repro", *args], cwd=repo).stdout
-    return set(re.findall(r"Running stage '(\w+)'", output))
 
 
 def metrics(repo) -> dict:
@@ -31,14 +24,9 @@ def metrics(repo) -> dict:
     }
 
 
-def commit(repo, message: str) -> None:
-    run(["git", "add", "-A"], cwd=repo)
-    run(["git", "commit", "-qm", message], cwd=repo)
-
-
-def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
-    repo = pipeline_repo
-    assert repro(repo) == set(STAGES)
+def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_run):
+    assert first_run.stages_run == set(STAGES)
+    repo = pipeline_run
     first = metrics(repo)
     assert set(first["validation"]) >= {"accuracy", "macro_f1", "weighted_f1", "log_loss", "per_class"}
     assert set(first["validation"]["per_class"]) == {"Bearish", "Bullish", "Neutral"}
@@ -77,7 +65,6 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
     assert headline_metrics(dev["label"].to_numpy(), probabilities)["macro_f1"] == pytest.approx(
         first["dev"]["macro_f1"], abs=1e-9
     )
-    commit(repo, "first run")
 
     assert repro(repo) == set()
     assert "up to date" in run(["dvc", "status"], cwd=repo).stdout
@@ -106,8 +93,9 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(pipeline_repo):
     assert "Dev macro-F1 by epoch" in html
 
 
-def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
-    repo = pipeline_repo
+def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_run):
+    repo = pipeline_run
+    committed = metrics(repo)["dev"]
     run(["dvc", "exp", "run", "-S", "train.learning_rate=1e-5"], cwd=repo)
     recorded = YAML(typ="safe").load((repo / "metrics/train/params.yaml").read_text())
     assert recorded["train"]["learning_rate"] == 1e-5
@@ -120,12 +108,15 @@ def test_exp_run_set_param_reaches_the_stage_as_a_float(pipeline_repo):
     assert params["train"]["learning_rate"] == 1e-5
 
     # The sweep summary groups it by its one change from the defaults (the committed params.yaml;
-    # `dvc exp run` left the experiment's in the workspace). The commit itself has no run yet.
+    # `dvc exp run` left the experiment's in the workspace), beside the commit's own run.
     run(["git", "checkout", "--", "params.yaml"], cwd=repo)
     table = run(["finsent-sweep-summary", "--rev", "HEAD"], cwd=repo).stdout.splitlines()
     dev = metrics(repo)["dev"]
-    assert len(table) == 3
-    assert table[2].startswith(f"| `train.learning_rate=1e-05` | 1 | 42 | {dev['macro_f1']:.3f} |")
+    assert len(table) == 4
+    assert sorted(row.split(" |")[:4] for row in table[2:]) == [
+        ["| `none (params.yaml)`", " 1", " 42", f" {committed['macro_f1']:.3f}"],
+        ["| `train.learning_rate=1e-05`", " 1", " 42", f" {dev['macro_f1']:.3f}"],
+    ]
     failed = run(["finsent-sweep-summary", "--rev", "no-such-rev"], cwd=repo, check=False)
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: dvc exp show failed: ") and failed.stderr.count("\n") == 1
@@ -158,12 +149,10 @@ def test_bad_checkpoint_stops_repro_with_one_line(pipeline_repo):
     assert not (pipeline_repo / "data/tokenized").exists()
 
 
-def test_a_fresh_clone_does_not_train_the_teacher_again(pipeline_repo, tmp_path):
-    repo = pipeline_repo
-    repro(repo)
-    commit(repo, "a run: dvc.lock, metrics and the teacher's outputs in git")
+def test_a_fresh_clone_does_not_train_the_teacher_again(first_run, tmp_path, small_mirror, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, str(small_mirror))
     clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(repo), str(clone)], cwd=tmp_path)
+    run(["git", "clone", "-q", str(first_run.repo), str(clone)], cwd=tmp_path)
     assert repro(clone, "download") == {"download"}
     assert "up to date" in run(["dvc", "status", "teacher"], cwd=clone).stdout
     # The student trains again to the same bits, so evaluate, whose outputs are in git, has nothing to do.
