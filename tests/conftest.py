@@ -25,6 +25,12 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end DVC tests (marked slow) first: pytest-xdist hands out test files in this order,
+    so the longest ones start at once, on both workers, instead of ending the run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """Tests never reach a hub: any attempt fails at once instead of hanging."""
