@@ -167,8 +167,7 @@ def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mi
         export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
     init_git(repo)
-    run(["git", "add", "-A"], cwd=repo)
-    run(["git", "commit", "-qm", "copy of the project"], cwd=repo)
+    commit_files(repo, {}, "copy of the project")
     return repo
 
 
@@ -196,8 +195,7 @@ def first_run(tmp_path_factory, tiny_bert_dir, tiny_mpnet_dir, small_mirror) -> 
     # config records whether it was loaded offline, so a test that repeats this run in a clone sees
     # the same bytes only with the same setting.
     stages_run = repro(repo, env={MIRROR_ENV: str(small_mirror), **OFFLINE_ENV})
-    run(["git", "add", "-A"], cwd=repo)
-    run(["git", "commit", "-qm", "first run: dvc.lock, metrics and the teacher's outputs"], cwd=repo)
+    commit_files(repo, {}, "first run: dvc.lock, metrics and the teacher's outputs")
     return FirstRun(repo, stages_run)
 
 
