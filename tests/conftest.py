@@ -146,7 +146,8 @@ def stage_script(name: str) -> list[str]:
 
 def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mirror: Path) -> Path:
     """A git + DVC copy of the project, set to train the tiny model on the small mirror for 2 epochs,
-    distilling a tiny MPNet teacher trained for 1; nothing run yet."""
+    distilling a tiny MPNet teacher trained for 1 (the path of the small model's option, which the
+    default, mpnet without a teacher, leaves out); nothing run yet."""
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT).stdout.split()
     for name in files:
         if (PROJECT / name).is_file() and not name.startswith(
@@ -158,8 +159,10 @@ def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mi
         repo,
         data__fingerprint=mirror_fingerprint(small_mirror),
         model__checkpoint=str(tiny_bert_dir),
+        train__learning_rate=1e-3,
         train__epochs=2,
         train__batch_size=16,
+        distill__enabled=True,
         teacher__checkpoint=str(tiny_mpnet_dir),
         teacher__train__epochs=1,
         teacher__train__batch_size=16,

@@ -20,7 +20,7 @@ def with_line(tmp_path: Path, old: str, new: str) -> Path:
 
 def test_committed_params_are_valid():
     params = load_params(PROJECT / "params.yaml")
-    assert params.model.checkpoint == "sentence-transformers/all-MiniLM-L6-v2"
+    assert params.model.checkpoint == "sentence-transformers/all-mpnet-base-v2"
     assert params.data.fingerprint["train"].rows == 9543
 
 

@@ -48,6 +48,7 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
         data__fingerprint=mirror_fingerprint(mirror),
         model__checkpoint=str(tiny_bert_dir),
         lora__enabled=False,
+        train__learning_rate=1e-3,
         train__epochs=3,
         train__batch_size=16,
         # Links kept, as when the tolerance below was measured. With links replaced by one word (the

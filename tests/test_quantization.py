@@ -138,8 +138,9 @@ def test_int8_has_fixed_activation_ranges_and_int8_weights_only(tmp_path, small_
 
     products = {node.name: stored_8_bit_input(node) for node in graph.node if node.name in fp32_nodes}
     assert {name for name, data_type in products.items() if data_type is not None} == quantized
-    # Linear weights signed, symmetric per output channel; the embedding tables stored as they were.
-    assert {products[name] for name in quantized} == {onnx.TensorProto.INT8}
+    # Linear weights unsigned, as the activations (u8 x u8: no saturation on CPUs without VNNI), per
+    # output channel; the embedding tables stored as they were.
+    assert {products[name] for name in quantized} == {onnx.TensorProto.UINT8}
     lookups = [node for node in graph.node if node.op_type == "Gather" and node.input[0] in stored]
     assert lookups
     assert {stored[node.input[0]].data_type for node in lookups} <= {

@@ -126,10 +126,12 @@ def quantize_int8(
 ) -> None:
     """Static quantization of the linear layers of `fp32_file` into `int8_file`.
 
-    Linear weights are int8 with a range per output channel, in 7 bits (reduce_range): x86 CPUs without
-    VNNI saturate in the u8 x s8 products otherwise, so the model is as good on them as on the CPU that
-    exported it; the embedding tables stay fp32 (see `weight_nodes`). Each product's input is uint8 with
-    one range: the smallest and largest value it takes on `calibration_texts` (MinMax). The
+    Linear weights are uint8 with a range per output channel, like the activations (u8 x u8 products):
+    x86 CPUs without VNNI compute u8 x s8 products in pairs that saturate 16 bits, which int8 weights
+    avoid only in 7 bits (reduce_range); on all-mpnet-base-v2 those 7 bits left the int8 model at 98.95%
+    of dev labels as PyTorch's, 8 unsigned bits at 99.27% (mean probability error 0.0101 -> 0.0070), for
+    about a tenth of its speed. The embedding tables stay fp32 (see `weight_nodes`). Each product's input
+    is uint8 with one range: the smallest and largest value it takes on `calibration_texts` (MinMax). The
     smoothing scales come from the same texts' channel maxima, and MinMax keeps those maxima in range,
     where a percentile or entropy range clips the outliers that smoothing kept; ONNX Runtime's histogram
     calibrators (percentile, entropy, distribution) also stack every activation of every text, which
@@ -151,9 +153,8 @@ def quantize_int8(
             op_types_to_quantize=["MatMul"],
             nodes_to_quantize=weight_nodes(prepared),
             per_channel=True,
-            reduce_range=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
         )
