@@ -8,10 +8,11 @@ import importlib
 import importlib.metadata
 import io
 import json
+import shutil
 import zipfile
 
 import pytest
-from conftest import MINILM, PROJECT, run, stage_script
+from conftest import MINILM, PROJECT, edit_params, run, stage_script
 
 from finsent import pretrained
 from finsent.errors import FinsentError
@@ -160,9 +161,8 @@ def test_checkpoint_resolution_order(tmp_path):
 def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path, setup, message):
     folder = tmp_path / "my-model"
     setup(folder)
-    (tmp_path / "params.yaml").write_text(
-        (PROJECT / "params.yaml").read_text().replace(f"checkpoint: {MINILM}", f"checkpoint: {folder}")
-    )
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    edit_params(tmp_path, model__checkpoint=str(folder))
     (tmp_path / "raw").mkdir()
     result = run(
         [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
@@ -173,11 +173,8 @@ def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path, 
 
 
 def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        (PROJECT / "params.yaml")
-        .read_text()
-        .replace(f"checkpoint: {MINILM}", "checkpoint: nobody/no-such-model")
-    )
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    edit_params(tmp_path, model__checkpoint="nobody/no-such-model")
     (tmp_path / "raw").mkdir()
     result = run(
         [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
