@@ -129,8 +129,8 @@ def quantize_int8(
     Linear weights are uint8 with a range per output channel, like the activations (u8 x u8 products):
     x86 CPUs without VNNI compute u8 x s8 products in pairs that saturate 16 bits, which int8 weights
     avoid only in 7 bits (reduce_range); on all-mpnet-base-v2 those 7 bits left the int8 model at 98.95%
-    of dev labels as PyTorch's, 8 unsigned bits at 99.27% (mean probability error 0.0101 -> 0.0070), for
-    about a tenth of its speed. The embedding tables stay fp32 (see `weight_nodes`). Each product's input
+    of dev labels as PyTorch's, 8 unsigned bits at 99.27% (mean probability error 0.0101 -> 0.0070). The
+    embedding tables stay fp32 (see `weight_nodes`). Each product's input
     is uint8 with one range: the smallest and largest value it takes on `calibration_texts` (MinMax). The
     smoothing scales come from the same texts' channel maxima, and MinMax keeps those maxima in range,
     where a percentile or entropy range clips the outliers that smoothing kept; ONNX Runtime's histogram

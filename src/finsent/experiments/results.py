@@ -43,6 +43,10 @@ def _model_name(checkpoint: str) -> str:
     return checkpoint.rstrip("/").split("/")[-1]
 
 
+def _method(lora: dict) -> str:
+    return "LoRA" if lora["enabled"] else "full fine-tuning"
+
+
 def _epochs(train: dict) -> str:
     return f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''}"
 
@@ -53,7 +57,6 @@ def results_markdown(root: Path = Path()) -> str:
     validation, train, teacher, export = m["validation"], m["train"], m["teacher"], m["export"]
     run = YAML(typ="safe").load((root / RUN_PARAMS).read_text(encoding="utf-8"))
     teacher_params = YAML(typ="safe").load((root / "params.yaml").read_text(encoding="utf-8"))["teacher"]
-    method = "LoRA" if run["lora"]["enabled"] else "full fine-tuning"
     distilling = run.get("distill", {}).get("enabled")
     distilled = ", distilled from the teacher" if distilling else ""
     teacher_role = "teacher" if distilling else "teacher stage, for distilling a smaller model"
@@ -61,14 +64,14 @@ def results_markdown(root: Path = Path()) -> str:
     rows = [
         "| model (validation: 2,388 tweets) | macro-F1 | accuracy | dev macro-F1 | weights trained |",
         "|---|---|---|---|---|",
-        f"| **served: {_model_name(run['model']['checkpoint'])}, {method}, "
+        f"| **served: {_model_name(run['model']['checkpoint'])}, {_method(run['lora'])}, "
         f"{_epochs(run['train'])}{distilled}** "
         f"| **{validation['macro_f1']:.3f}** | **{validation['accuracy']:.3f}** "
         f"| {train['dev']['macro_f1']:.3f} | {train['train']['trainable_parameters']:,} |",
         f"| the same as int8 ONNX, what `finsent-serve` runs ({int8['agreement_with_pytorch']:.2%} of labels "
         f"as PyTorch's) | {int8['macro_f1']:.3f} | {int8['accuracy']:.3f} | | |",
         f"| {teacher_role}: {_model_name(teacher_params['checkpoint'])}, "
-        f"{'LoRA' if teacher_params['lora']['enabled'] else 'full fine-tuning'}, "
+        f"{_method(teacher_params['lora'])}, "
         f"{_epochs(teacher_params['train'])} "
         f"| {teacher['validation']['macro_f1']:.3f} | {teacher['validation']['accuracy']:.3f} "
         f"| {teacher['dev']['macro_f1']:.3f} | {teacher['train']['trainable_parameters']:,} |",
