@@ -292,9 +292,25 @@ SOURCE_ENV = {"PYTHONPATH": str(PROJECT / "src")}
 """Subprocesses import the package from this checkout, wherever it was installed from."""
 
 
+def evaluate_stage(project: Path) -> None:
+    """The evaluate stage, run in `project` as dvc.yaml runs it: plots/predictions.csv, export's reference."""
+    run(
+        [
+            *stage_script("evaluate.py"),
+            "models",
+            "data/raw/validation.jsonl",
+            "metrics/validation.json",
+            "plots",
+        ],
+        cwd=project,
+        env=SOURCE_ENV,
+    )
+
+
 @pytest.fixture(scope="session")
 def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
-    """A project folder after train (a tiny model) and the real export stage, with small serve limits."""
+    """A project folder after train (a tiny model) and the real evaluate and export stages, with small
+    serve limits."""
     from finsent.data import to_jsonl
 
     project = tmp_path_factory.mktemp("exported-project")
@@ -307,10 +323,12 @@ def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
         (project / "data" / "raw" / f"{split}.jsonl").write_bytes(to_jsonl(frame))
     (project / "data" / "raw" / "dev.jsonl").write_bytes(to_jsonl(frame.iloc[:100]))
     tiny_trained_model(tiny_bert_dir, project / "models")
+    evaluate_stage(project)
     run(
         [
             *stage_script("export.py"),
             "models",
+            "plots/predictions.csv",
             "data/raw/validation.jsonl",
             "data/raw/dev.jsonl",
             "data/raw/train.jsonl",

@@ -8,6 +8,7 @@ from conftest import (
     PROJECT,
     SOURCE_ENV,
     edit_params,
+    evaluate_stage,
     run,
     stage_script,
     tiny_checkpoint,
@@ -17,24 +18,25 @@ from conftest import (
 from finsent.config import MinAgreement, load_params
 from finsent.data import SOURCE_FILES, read_jsonl, read_source_csv, to_jsonl
 from finsent.errors import FinsentError
-from finsent.export import check_agreement
+from finsent.export import check_agreement, reference_probabilities
 from finsent.metrics import headline_metrics
 from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
 SPLITS = [f"data/raw/{split}.jsonl" for split in ("validation", "dev", "train")]
+PREDICTIONS = "plots/predictions.csv"
 
 
 def export_stage(project, check=False):
     """The export stage, run in `project` as dvc.yaml runs it."""
     return run(
-        [*stage_script("export.py"), "models", *SPLITS, "exported", "metrics/export.json"],
+        [*stage_script("export.py"), "models", PREDICTIONS, *SPLITS, "exported", "metrics/export.json"],
         cwd=project,
         env=SOURCE_ENV,
         check=check,
     )
 
 
-def test_export_stage_writes_onnx_models_that_agree_with_pytorch_alone_and_in_batches(exported_project):
+def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_project):
     exported = exported_project / "exported"
     assert {"model.onnx", "model_int8.onnx", "tokenizer.json", "tokenizer_config.json"} <= {
         path.name for path in exported.iterdir()
@@ -47,19 +49,22 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch_alone_and_in_ba
     validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size=64).predict_proba(texts)
-    assert metrics["pytorch"] == pytest.approx(headline_metrics(labels, pytorch))
+    # The reference is the evaluate stage's: its metrics, from its predictions (6 decimals).
+    assert metrics["pytorch"] == pytest.approx(headline_metrics(labels, pytorch), rel=1e-4)
+    evaluated = json.loads((exported_project / "metrics/validation.json").read_text())
+    assert metrics["pytorch"]["macro_f1"] == pytest.approx(evaluated["macro_f1"])
 
     fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]
-    for backend in ONNX_FILES:
-        assert set(metrics[backend]) == {"file_mb", "batch_1", "batch_32", "dev"}
+    assert set(fp32) == {"file_mb", "batch_32"}  # the same function in fp32: in batches, padded
+    assert set(int8) == {"file_mb", "batch_1", "batch_32", "dev"}
+    assert fp32["batch_32"]["agreement_with_pytorch"] == 1.0
+    assert fp32["batch_32"]["max_abs_probability_difference"] < 1e-3
+    assert fp32["batch_32"]["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
     for batch in ("batch_1", "batch_32"):
-        assert fp32[batch]["agreement_with_pytorch"] == 1.0
-        assert fp32[batch]["max_abs_probability_difference"] < 1e-3
-        assert fp32[batch]["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
         assert 0 < int8[batch]["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly
-    for backend, file_name in ONNX_FILES.items():
-        for size in (1, batch_size):
-            probabilities = OnnxPredictor(exported / file_name, size).predict_proba(texts)
+    for backend, sizes in {"onnx_fp32": [batch_size], "onnx_int8": [1, batch_size]}.items():
+        for size in sizes:
+            probabilities = OnnxPredictor(exported / ONNX_FILES[backend], size).predict_proba(texts)
             recorded = metrics[backend][f"batch_{size}"]
             assert recorded["macro_f1"] == pytest.approx(headline_metrics(labels, probabilities)["macro_f1"])
             assert recorded["agreement_with_pytorch"] == pytest.approx(
@@ -76,34 +81,51 @@ def test_int8_gives_each_validation_text_the_same_probabilities_in_any_batch(exp
     for batch_size in (7, 32, 200):  # 200: every text in one batch, padded to the longest
         in_batches = OnnxPredictor(int8_file, batch_size).predict_proba(texts)
         assert np.abs(in_batches - alone).max() < 1e-6
-    for backend in ONNX_FILES:
-        assert metrics[backend]["batch_32"]["labels_differing_from_batch_1"] == 0
+    assert metrics["onnx_int8"]["batch_32"]["labels_differing_from_batch_1"] == 0
 
 
-def test_export_compares_the_runtimes_on_dev_too(exported_project):
+def test_export_compares_int8_on_dev_too(exported_project):
     metrics = json.loads((exported_project / "metrics/export.json").read_text())
     batch_size = load_params(exported_project / "params.yaml").export.batch_size
     dev_texts = read_jsonl(exported_project / "data/raw/dev.jsonl")["text"].tolist()
     pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size).predict_proba(dev_texts)
-    for backend, file_name in ONNX_FILES.items():
-        # Each text alone, as the API sees one.
-        probabilities = OnnxPredictor(exported_project / "exported" / file_name, 1).predict_proba(dev_texts)
-        difference = np.abs(probabilities - pytorch)
-        assert metrics[backend]["dev"] == pytest.approx(
-            {
-                "agreement_with_pytorch": (probabilities.argmax(axis=1) == pytorch.argmax(axis=1)).mean(),
-                "max_abs_probability_difference": difference.max(),
-                "mean_abs_probability_difference": difference.mean(),
-            },
-            abs=1e-6,
-        )
+    # Each text alone, as the API sees one.
+    int8_file = exported_project / "exported" / ONNX_FILES["onnx_int8"]
+    probabilities = OnnxPredictor(int8_file, 1).predict_proba(dev_texts)
+    difference = np.abs(probabilities - pytorch)
+    assert metrics["onnx_int8"]["dev"] == pytest.approx(
+        {
+            "agreement_with_pytorch": (probabilities.argmax(axis=1) == pytorch.argmax(axis=1)).mean(),
+            "max_abs_probability_difference": difference.max(),
+            "mean_abs_probability_difference": difference.mean(),
+        },
+        abs=1e-6,
+    )
     assert metrics["onnx_int8"]["dev"]["mean_abs_probability_difference"] > 1e-3  # int8 does differ
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_torch_predictor_merges_lora_into_the_encoder_with_the_same_outputs(exported_project):
+    from peft import PeftModel
+
+    from finsent.modeling import load_classifier
+
+    texts = read_jsonl(exported_project / "data/raw/validation.jsonl")["text"].tolist()[:40]
+    predictor = TorchPredictor.from_dir(exported_project / "models", 8)
+    assert not isinstance(predictor.model, PeftModel)
+    assert not any("lora" in name for name, _ in predictor.model.named_parameters())
+    unmerged, _, _ = load_classifier(exported_project / "models")
+    assert isinstance(unmerged, PeftModel)
+    unmerged_predictor = TorchPredictor(unmerged, predictor.tokenizer, 8, predictor.normalize)
+    np.testing.assert_allclose(
+        predictor.predict_proba(texts), unmerged_predictor.predict_proba(texts), atol=1e-4
+    )
 
 
 def export_beside(exported_project, folder, **param_changes):
     """The export stage in `folder`, on `exported_project`'s model and data, with changed params."""
     shutil.copy(exported_project / "params.yaml", folder / "params.yaml")
-    for name in ("models", "data"):
+    for name in ("models", "data", "plots"):
         (folder / name).symlink_to(exported_project / name)
     edit_params(folder, **param_changes)
     return export_stage(folder)
@@ -136,7 +158,7 @@ def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_
         f"error: export.min_agreement.onnx_int8: in batches of 1, the onnx_int8 model gives PyTorch's "
         f"label on {agreement:.2%} of the validation texts, under the 100.00% asked\n"
     )
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "models", "params.yaml"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "models", "params.yaml", "plots"]
 
 
 def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_project, tmp_path):
@@ -147,7 +169,7 @@ def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_pro
         [
             *stage_script("export.py"),
             "models",
-            *(str(exported_project / split) for split in SPLITS),
+            *(str(exported_project / path) for path in (PREDICTIONS, *SPLITS)),
             "exported",
             "m.json",
         ],
@@ -179,10 +201,11 @@ def gate_metrics(agreements: dict[str, dict[int, float]]) -> dict:
 def test_agreement_gate_applies_at_each_batch_size(backend, failing_size, message):
     minimum = MinAgreement(onnx_fp32=0.995, onnx_int8=0.99)
     agreements = {name: {1: 1.0, 32: 1.0} for name in ONNX_FILES}
-    check_agreement(gate_metrics(agreements), [1, 32], minimum)
+    sizes = {name: [1, 32] for name in ONNX_FILES}
+    check_agreement(gate_metrics(agreements), sizes, minimum)
     agreements[backend][failing_size] = 0.9
     with pytest.raises(FinsentError) as raised:
-        check_agreement(gate_metrics(agreements), [1, 32], minimum)
+        check_agreement(gate_metrics(agreements), sizes, minimum)
     asked = getattr(minimum, backend)
     assert str(raised.value) == (
         f"{message}PyTorch's label on 90.00% of the validation texts, under the {asked:.2%} asked"
@@ -203,14 +226,70 @@ def test_export_stage_exports_other_encoders_quietly(tmp_path, small_mirror, arc
     for split, frame in splits.items():
         (project / "data" / "raw" / f"{split}.jsonl").write_bytes(to_jsonl(frame))
     tiny_trained_model(tiny_checkpoint(tmp_path / "checkpoint", architecture), project / "models")
+    evaluate_stage(project)
 
     result = export_stage(project)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     metrics = json.loads((project / "metrics/export.json").read_text())
-    for backend, file_name in ONNX_FILES.items():
+    for file_name in ONNX_FILES.values():
         inputs = [node.name for node in onnx.load(project / "exported" / file_name).graph.input]
         assert inputs == ["input_ids", "attention_mask"]
-        assert metrics[backend]["batch_32"]["labels_differing_from_batch_1"] == 0
-    for batch in ("batch_1", "batch_32"):
-        assert metrics["onnx_fp32"][batch]["agreement_with_pytorch"] == 1.0
+    assert metrics["onnx_int8"]["batch_32"]["labels_differing_from_batch_1"] == 0
+    assert metrics["onnx_fp32"]["batch_32"]["agreement_with_pytorch"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "no such file (run `dvc repro evaluate`)"),
+        ("", "not a readable CSV (No columns to parse from file)"),
+        ("id,p_Bearish,p_Bullish\n", "no column p_Neutral (run `dvc repro evaluate`)"),
+        ("reorder", "its rows are not the validation split's, in its order ({n} rows against {n}; run "),
+        ("drop", "its rows are not the validation split's, in its order ({m} rows against {n}; run "),
+        ("nan", "a probability is missing or not a number (run `dvc repro evaluate`)"),
+    ],
+)
+def test_export_with_predictions_that_are_not_evaluates_on_validation_stops_on_one_line(
+    exported_project, tmp_path, content, problem
+):
+    # The evaluate stage's table is the reference: any other must stop the stage before it exports.
+    original = (exported_project / PREDICTIONS).read_text()
+    validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
+    lines = original.splitlines(keepends=True)
+    predictions = tmp_path / "predictions.csv"
+    if content == "reorder":
+        predictions.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]))
+    elif content == "drop":
+        predictions.write_text("".join(lines[:-1]))
+    elif content == "nan":
+        predictions.write_text(lines[0] + lines[1].rsplit(",", 1)[0] + ",nan\n" + "".join(lines[2:]))
+    elif content is not None:
+        predictions.write_text(content)
+    with pytest.raises(FinsentError) as raised:
+        reference_probabilities(predictions, validation)
+    message = problem.format(n=len(validation), m=len(validation) - 1)
+    assert str(raised.value).startswith(f"{predictions}: {message}")
+
+    # The stage itself: one line, exit 1, the previous export kept.
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "model.onnx").write_text("the previous export")
+    shutil.copy(exported_project / "params.yaml", tmp_path / "params.yaml")
+    result = run(
+        [
+            *stage_script("export.py"),
+            str(exported_project / "models"),
+            str(predictions),
+            *(str(exported_project / split) for split in SPLITS),
+            "exported",
+            "m.json",
+        ],
+        cwd=tmp_path,
+        env=SOURCE_ENV,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {predictions}: {message}")
+    assert result.stderr.count("\n") == 1
+    assert (tmp_path / "exported" / "model.onnx").read_text() == "the previous export"
+    assert not (tmp_path / "m.json").exists()

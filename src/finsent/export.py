@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from peft import PeftModel
 from transformers import PreTrainedModel
 
-from finsent.config import ExportParams, MinAgreement
+from finsent.config import LABELS, ExportParams, MinAgreement
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
@@ -61,14 +60,6 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
 
 
-def merged_model(predictor: TorchPredictor) -> PreTrainedModel:
-    """The encoder with the LoRA weights folded into its linear layers and the trained head in place."""
-    model = predictor.model
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    return model.eval()
-
-
 def export_onnx(model: PreTrainedModel, tokenizer, out_file: Path) -> None:
     """Write `model` as one ONNX file (weights inside) with dynamic batch and sequence axes.
 
@@ -107,12 +98,12 @@ def runtime_metrics(
     batch_sizes: list[int],
     validation: pd.DataFrame,
     expected: np.ndarray,
-    dev_texts: list[str],
-    expected_dev: np.ndarray,
+    dev: tuple[list[str], np.ndarray] | None = None,
 ) -> dict:
-    """One ONNX model against PyTorch's probabilities: on validation at each of `batch_sizes` (1 among
-    them), as "batch_1", ..., with the labels that batching changed; on dev alone (as the API sees a
-    text; what the export params are tuned on); and the file's size.
+    """One ONNX model against PyTorch's probabilities: on validation at each of `batch_sizes`, as
+    "batch_1", "batch_32", ..., each batch size above 1 with the labels that batching changed from the
+    smallest; with `dev` (texts, PyTorch's probabilities), on dev alone too (as the API sees a text;
+    what the export params are tuned on); and the file's size.
     """
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     predictors = {batch_size: OnnxPredictor(model_file, batch_size) for batch_size in batch_sizes}
@@ -120,23 +111,27 @@ def runtime_metrics(
         batch_size: predictor.predict_proba(texts) for batch_size, predictor in predictors.items()
     }
     metrics: dict = {"file_mb": round(model_file.stat().st_size / 2**20, 2)}
+    smallest = min(batch_sizes)
     for batch_size, batch_probabilities in probabilities.items():
         metrics[f"batch_{batch_size}"] = {
             **fidelity(batch_probabilities, expected),
             **headline_metrics(labels, batch_probabilities),
         }
-        if batch_size != 1:
-            changed = batch_probabilities.argmax(axis=1) != probabilities[1].argmax(axis=1)
-            metrics[f"batch_{batch_size}"]["labels_differing_from_batch_1"] = int(changed.sum())
-    metrics["dev"] = fidelity(predictors[1].predict_proba(dev_texts), expected_dev)
+        if batch_size != smallest:
+            changed = batch_probabilities.argmax(axis=1) != probabilities[smallest].argmax(axis=1)
+            metrics[f"batch_{batch_size}"][f"labels_differing_from_batch_{smallest}"] = int(changed.sum())
+    if dev is not None:
+        dev_texts, expected_dev = dev
+        metrics["dev"] = fidelity(predictors[smallest].predict_proba(dev_texts), expected_dev)
     return metrics
 
 
-def check_agreement(metrics: dict, batch_sizes: list[int], min_agreement: MinAgreement) -> None:
-    """Raise FinsentError, naming the params key, when an ONNX model at a batch size gives PyTorch's
-    label on fewer validation texts than `min_agreement` asks."""
+def check_agreement(metrics: dict, batch_sizes: dict[str, list[int]], min_agreement: MinAgreement) -> None:
+    """Raise FinsentError, naming the params key, when an ONNX model, at one of the batch sizes it was
+    compared at (`batch_sizes`, by backend), gives PyTorch's label on fewer validation texts than
+    `min_agreement` asks."""
     for backend, minimum in min_agreement.model_dump().items():
-        for batch_size in batch_sizes:
+        for batch_size in batch_sizes[backend]:
             agreement = metrics[backend][f"batch_{batch_size}"]["agreement_with_pytorch"]
             if agreement < minimum:
                 raise FinsentError(
@@ -153,10 +148,10 @@ def write_onnx_models(
 
     The int8 model is quantized from a smoothed copy (unless `params.smoothing_alpha` is None); both the
     smoothing and the int8 activation ranges are calibrated on `params.calibration_texts` texts spread
-    evenly over `calibration_texts`. Merges the LoRA adapter into `reference`'s model, in place.
+    evenly over `calibration_texts`. Smooths `reference`'s model in place (unless alpha is None).
     """
     save_text_processing(out_dir, reference.tokenizer, reference.normalize)
-    model = merged_model(reference)
+    model = reference.model
     fp32_file, int8_file = out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"]
     export_onnx(model, reference.tokenizer, fp32_file)
     step = max(1, len(calibration_texts) // params.calibration_texts)
@@ -171,10 +166,43 @@ def write_onnx_models(
         smoothed_file.unlink()
 
 
+def reference_probabilities(predictions_file: Path, validation: pd.DataFrame) -> np.ndarray:
+    """The evaluate stage's class probabilities on `validation` (its predictions table), in its row order.
+
+    Raises FinsentError, naming the file, unless it holds exactly the rows of `validation`, in the same
+    order, with a finite probability for every class.
+    """
+    columns = [f"p_{name}" for name in LABELS]
+    try:
+        predictions = pd.read_csv(predictions_file, dtype={"id": str})
+    except FileNotFoundError:
+        raise FinsentError(f"{predictions_file}: no such file (run `dvc repro evaluate`)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
+        raise FinsentError(f"{predictions_file}: not a readable CSV ({reason})") from None
+    missing = [column for column in ["id", *columns] if column not in predictions.columns]
+    if missing:
+        raise FinsentError(f"{predictions_file}: no column {', '.join(missing)} (run `dvc repro evaluate`)")
+    if predictions["id"].tolist() != validation["id"].astype(str).tolist():
+        raise FinsentError(
+            f"{predictions_file}: its rows are not the validation split's, in its order ({len(predictions)} "
+            f"rows against {len(validation)}; run `dvc repro evaluate`)"
+        )
+    probabilities = pd.DataFrame(
+        {column: pd.to_numeric(predictions[column], errors="coerce") for column in columns}
+    )
+    if not np.isfinite(probabilities.to_numpy()).all():
+        raise FinsentError(
+            f"{predictions_file}: a probability is missing or not a number (run `dvc repro evaluate`)"
+        )
+    return probabilities.to_numpy(dtype=np.float32)
+
+
 def export_classifier(
     model_dir: Path,
     out_dir: Path,
     validation: pd.DataFrame,
+    expected: np.ndarray,
     dev_texts: list[str],
     calibration_texts: list[str],
     params: ExportParams,
@@ -182,23 +210,31 @@ def export_classifier(
     """Export `model_dir` into `out_dir` (fp32 and int8 ONNX, tokenizer); metrics of both against PyTorch.
 
     The ONNX models are written by `write_onnx_models`, calibrated on `calibration_texts` (training
-    texts: the compared texts stay unseen). Each ONNX model is
-    compared on `validation` alone and in batches of `params.batch_size` (metrics, and the gate), and on
-    `dev_texts` (fidelity alone: what the export params are tuned on).
+    texts: the compared texts stay unseen). `expected` holds PyTorch's probabilities on `validation`,
+    the evaluate stage's own (they are not computed again). The int8 model is compared on `validation`
+    alone and in batches of `params.batch_size`, and on `dev_texts` alone (fidelity only: what the
+    export params are tuned on); the fp32 model, the same function in the same precision, in batches of
+    `params.batch_size` (padded, so the masking is checked too).
 
-    Raises FinsentError when an ONNX model's labels, at either batch size, agree with PyTorch's on fewer
-    validation texts than `params.min_agreement` asks (inside `atomic_dir`, nothing is then kept).
+    Raises FinsentError when an ONNX model's labels, at a batch size it is compared at, agree with
+    PyTorch's on fewer validation texts than `params.min_agreement` asks (inside `atomic_dir`, nothing
+    is then kept).
     """
-    texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
+    labels = validation["label"].to_numpy()
     reference = TorchPredictor.from_dir(model_dir, params.batch_size)
-    # Before merging, which rewrites the model's layers in place.
-    expected, expected_dev = reference.predict_proba(texts), reference.predict_proba(dev_texts)
+    expected_dev = reference.predict_proba(dev_texts)  # before smoothing, which rescales the model in place
     metrics = {"pytorch": headline_metrics(labels, expected)}
     write_onnx_models(reference, out_dir, calibration_texts, params)
-    batch_sizes = sorted({1, params.batch_size})
-    for backend, file_name in ONNX_FILES.items():
-        metrics[backend] = runtime_metrics(
-            out_dir / file_name, batch_sizes, validation, expected, dev_texts, expected_dev
-        )
+    batch_sizes = {"onnx_fp32": [params.batch_size], "onnx_int8": sorted({1, params.batch_size})}
+    metrics["onnx_fp32"] = runtime_metrics(
+        out_dir / ONNX_FILES["onnx_fp32"], batch_sizes["onnx_fp32"], validation, expected
+    )
+    metrics["onnx_int8"] = runtime_metrics(
+        out_dir / ONNX_FILES["onnx_int8"],
+        batch_sizes["onnx_int8"],
+        validation,
+        expected,
+        (dev_texts, expected_dev),
+    )
     check_agreement(metrics, batch_sizes, params.min_agreement)
     return metrics
