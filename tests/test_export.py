@@ -239,6 +239,19 @@ def test_export_stage_exports_other_encoders_quietly(tmp_path, small_mirror, arc
     assert metrics["onnx_fp32"]["batch_32"]["agreement_with_pytorch"] == 1.0
 
 
+def bad_predictions(original: str, content: str | None, path):
+    """`path` written as evaluate's predictions table `original` spoiled as `content` says (None: no file)."""
+    lines = original.splitlines(keepends=True)
+    spoiled = {
+        "reorder": lines[0] + lines[2] + lines[1] + "".join(lines[3:]),
+        "drop": "".join(lines[:-1]),
+        "nan": lines[0] + lines[1].rsplit(",", 1)[0] + ",nan\n" + "".join(lines[2:]),
+    }
+    if content is not None:
+        path.write_text(spoiled.get(content, content))
+    return path
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -250,28 +263,24 @@ def test_export_stage_exports_other_encoders_quietly(tmp_path, small_mirror, arc
         ("nan", "a probability is missing or not a number (run `dvc repro evaluate`)"),
     ],
 )
-def test_export_with_predictions_that_are_not_evaluates_on_validation_stops_on_one_line(
+def test_predictions_that_are_not_evaluates_on_validation_are_refused_naming_the_file(
     exported_project, tmp_path, content, problem
 ):
-    # The evaluate stage's table is the reference: any other must stop the stage before it exports.
-    original = (exported_project / PREDICTIONS).read_text()
     validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
-    lines = original.splitlines(keepends=True)
-    predictions = tmp_path / "predictions.csv"
-    if content == "reorder":
-        predictions.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]))
-    elif content == "drop":
-        predictions.write_text("".join(lines[:-1]))
-    elif content == "nan":
-        predictions.write_text(lines[0] + lines[1].rsplit(",", 1)[0] + ",nan\n" + "".join(lines[2:]))
-    elif content is not None:
-        predictions.write_text(content)
+    original = (exported_project / PREDICTIONS).read_text()
+    predictions = bad_predictions(original, content, tmp_path / "predictions.csv")
     with pytest.raises(FinsentError) as raised:
         reference_probabilities(predictions, validation)
     message = problem.format(n=len(validation), m=len(validation) - 1)
     assert str(raised.value).startswith(f"{predictions}: {message}")
 
-    # The stage itself: one line, exit 1, the previous export kept.
+
+def test_export_with_rows_out_of_order_stops_on_one_line_and_keeps_the_previous_export(
+    exported_project, tmp_path
+):
+    # The evaluate stage's table is the reference: another must stop the stage before it exports.
+    original = (exported_project / PREDICTIONS).read_text()
+    predictions = bad_predictions(original, "reorder", tmp_path / "predictions.csv")
     (tmp_path / "exported").mkdir()
     (tmp_path / "exported" / "model.onnx").write_text("the previous export")
     shutil.copy(exported_project / "params.yaml", tmp_path / "params.yaml")
@@ -289,7 +298,7 @@ def test_export_with_predictions_that_are_not_evaluates_on_validation_stops_on_o
         check=False,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith(f"error: {predictions}: {message}")
+    assert result.stderr.startswith(f"error: {predictions}: its rows are not the validation split's")
     assert result.stderr.count("\n") == 1
     assert (tmp_path / "exported" / "model.onnx").read_text() == "the previous export"
-    assert not (tmp_path / "m.json").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exported", "params.yaml", "predictions.csv"]
