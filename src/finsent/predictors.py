@@ -47,7 +47,7 @@ class TorchPredictor(Predictor):
     """The model as the train stage saved it, on PyTorch: evaluate's code path, and the reference that
     the export stage compares ONNX with. A LoRA adapter is merged into the encoder's linear layers at
     load (peft's merge_and_unload): the same function, without the adapters' extra products at every
-    layer, which on a CPU cost about a fifth of the time."""
+    layer."""
 
     def __init__(self, model, tokenizer, batch_size: int, normalize: TextNormalization):
         super().__init__(batch_size, normalize)
