@@ -161,22 +161,29 @@ def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "models", "params.yaml", "plots"]
 
 
-def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_project, tmp_path):
-    (tmp_path / "params.yaml").write_text((exported_project / "params.yaml").read_text())
-    (tmp_path / "exported").mkdir()
-    (tmp_path / "exported" / "model.onnx").write_text("the previous export")
-    result = run(
+def export_over_previous(folder, exported_project, model_dir, predictions):
+    """The export stage in `folder`, which holds an earlier export and the project's params, on
+    `model_dir`, `predictions` and `exported_project`'s splits (metrics to m.json)."""
+    shutil.copy(exported_project / "params.yaml", folder / "params.yaml")
+    (folder / "exported").mkdir()
+    (folder / "exported" / "model.onnx").write_text("the previous export")
+    return run(
         [
             *stage_script("export.py"),
-            "models",
-            *(str(exported_project / path) for path in (PREDICTIONS, *SPLITS)),
+            str(model_dir),
+            str(predictions),
+            *(str(exported_project / split) for split in SPLITS),
             "exported",
             "m.json",
         ],
-        cwd=tmp_path,
+        cwd=folder,
         env=SOURCE_ENV,
         check=False,
     )
+
+
+def test_export_without_a_model_fails_and_keeps_the_previous_export(exported_project, tmp_path):
+    result = export_over_previous(tmp_path, exported_project, "models", exported_project / PREDICTIONS)
     assert result.returncode == 1
     assert result.stderr == "error: models: no trained model here (base/config.json is missing)\n"
     assert (tmp_path / "exported" / "model.onnx").read_text() == "the previous export"
@@ -281,22 +288,7 @@ def test_export_with_rows_out_of_order_stops_on_one_line_and_keeps_the_previous_
     # The evaluate stage's table is the reference: another must stop the stage before it exports.
     original = (exported_project / PREDICTIONS).read_text()
     predictions = bad_predictions(original, "reorder", tmp_path / "predictions.csv")
-    (tmp_path / "exported").mkdir()
-    (tmp_path / "exported" / "model.onnx").write_text("the previous export")
-    shutil.copy(exported_project / "params.yaml", tmp_path / "params.yaml")
-    result = run(
-        [
-            *stage_script("export.py"),
-            str(exported_project / "models"),
-            str(predictions),
-            *(str(exported_project / split) for split in SPLITS),
-            "exported",
-            "m.json",
-        ],
-        cwd=tmp_path,
-        env=SOURCE_ENV,
-        check=False,
-    )
+    result = export_over_previous(tmp_path, exported_project, exported_project / "models", predictions)
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {predictions}: its rows are not the validation split's")
     assert result.stderr.count("\n") == 1
