@@ -101,8 +101,8 @@ def runtime_metrics(
     dev: tuple[list[str], np.ndarray] | None = None,
 ) -> dict:
     """One ONNX model against PyTorch's probabilities: on validation at each of `batch_sizes`, as
-    "batch_1", "batch_32", ..., each batch size above 1 with the labels that batching changed from the
-    smallest; with `dev` (texts, PyTorch's probabilities), on dev alone too (as the API sees a text;
+    "batch_1", "batch_32", ..., each but the smallest with the labels that batching changed from the
+    smallest's; with `dev` (texts, PyTorch's probabilities), on dev alone too (as the API sees a text;
     what the export params are tuned on); and the file's size.
     """
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()

@@ -67,7 +67,7 @@ class TorchPredictor(Predictor):
             )
             model, tokenizer, normalize = load_classifier(model_dir)
         if isinstance(model, PeftModel):
-            model = model.merge_and_unload().eval()
+            model = model.merge_and_unload()  # the base model, in eval mode as loaded
         return cls(model, tokenizer, batch_size, normalize)
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
