@@ -6,7 +6,6 @@ Its weights are not kept: all that the pipeline needs from it is the logits, whi
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from datasets import disable_progress_bars
@@ -51,18 +50,16 @@ def main() -> None:
     splits = {split: read_jsonl(args.raw_dir / f"{split}.jsonl") for split in ("train", "dev", "validation")}
     augmented = augmented_copies(splits["train"], teacher.augment)
     checkpoint_dir = resolve_pretrained(teacher.checkpoint, teacher.revision, key="teacher.checkpoint")
-    tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
-    normalize = text_normalization(params.tokenize)
+    tokenizer = load_fast_tokenizer(checkpoint_dir, teacher.tokenize.max_length)
+    normalize = text_normalization(teacher.tokenize)
     tokenized = {split: tokenize_frame(frame, tokenizer, normalize) for split, frame in splits.items()}
     with atomic_dir(args.out_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
         trainer, summary = train_classifier(
             checkpoint_dir, teacher.lora, teacher.train, tokenized["train"], tokenized["dev"], tokenizer
         )
-        start = time.perf_counter()
         batch = teacher.label_batch_size
         logits = {split: predict_logits(trainer, dataset, batch) for split, dataset in tokenized.items()}
         augmented_logits = predict_logits(trainer, tokenize_frame(augmented, tokenizer, normalize), batch)
-        labelled = sum(map(len, logits.values())) + len(augmented)
         for split, file_name in SPLIT_FILES.items():
             write_logits(staging / file_name, splits[split][["id"]], logits[split])
         write_logits(staging / AUGMENTED_FILE, augmented, augmented_logits)
@@ -71,11 +68,7 @@ def main() -> None:
             for split in ("dev", "validation")
         }
         check_reproduces_dev(metrics["dev"], summary["dev"])
-        metrics |= {
-            "best_epoch": summary["best_epoch"],
-            "train": summary["train"],
-            "labelling": {"texts": labelled, "runtime_s": round(time.perf_counter() - start, 1)},
-        }
+        metrics |= {"best_epoch": summary["best_epoch"], "train": summary["train"]}
         metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({split: metrics[split] for split in ("dev", "validation")}, indent=2))
 

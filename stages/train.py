@@ -42,7 +42,9 @@ def main() -> None:
             model_staging = outputs.enter_context(atomic_dir(args.model_dir))
             live_staging = outputs.enter_context(atomic_dir(args.live_dir))
             live = outputs.enter_context(Live(str(live_staging), dvcyaml=None, save_dvc_exp=False))
-            live.log_params(params.model_dump(include=set(TRAINING_SECTIONS)))
+            # The teacher's section only when distilling: without distillation the model owes it nothing.
+            recorded = set(TRAINING_SECTIONS) - (set() if params.distill.enabled else {"teacher"})
+            live.log_params(params.model_dump(include=recorded))
         trainer, summary = train_classifier(
             checkpoint_dir,
             params.lora,

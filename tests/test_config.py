@@ -42,8 +42,8 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         ),
         (r"  epochs: \d+", "  epochs: three", "train.epochs: Input should be a valid integer"),
         (
-            "  seed: 42\n\n# The teacher",
-            "  seed: 42\n  lr: 1\n\n# The teacher",
+            "  cpu_bf16: false\n",
+            "  cpu_bf16: false\n  lr: 1\n",
             "train.lr: Extra inputs are not permitted",
         ),
         (
@@ -55,8 +55,8 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         (r"temperature: [\d.]+", "temperature: 0", "distill.temperature: Input should be greater than 0"),
         (r"temperature: [\d.]+", "temperature: -2", "distill.temperature: Input should be greater than 0"),
         (
-            r"    seed: 42\n    cpu_bf16",
-            "    seed: 42\n    num_processes: 2\n    cpu_bf16",
+            r"    num_processes: 1\n",
+            "    num_processes: 2\n",
             "teacher.train: Value error, the teacher trains in one process",
         ),
         (r"dev_size: [\d.]+", "dev_size: 1.5", "data.dev_size: Input should be less than 1"),
@@ -90,3 +90,30 @@ def test_params_that_are_not_utf8_are_named(tmp_path):
     path.write_bytes((PROJECT / "params.yaml").read_bytes().replace(b"Every knob", b"Every kn\xf6b"))
     with pytest.raises(FinsentError, match=r"params\.yaml: not UTF-8 \(byte \d+\)"):
         load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "key"),
+    [
+        (r"  alpha: 0.5\n", "distill.alpha"),
+        (r"  url_replacement: http\n", "tokenize.url_replacement"),
+        (r"  cpu_bf16: false\n", "train.cpu_bf16"),
+        (r"    num_processes: 1\n", "teacher.train.num_processes"),
+        (r"\nevaluate:\n  batch_size: \d+\n", "evaluate"),
+    ],
+)
+def test_a_key_missing_from_params_is_an_error_naming_it(tmp_path, old, key):
+    # params.yaml is the one source of every default: no key falls back to a value in the code.
+    path = with_line(tmp_path, old, "\n" if old.startswith("\\n") else "")
+    with pytest.raises(FinsentError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: {key}: missing"
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "- a list\n", "just text\n"])
+def test_params_that_are_not_a_mapping_of_sections_are_one_line(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(FinsentError) as error:
+        load_params(path)
+    assert str(error.value) == f"{path}: not a mapping of sections (data, model, tokenize, ...)"

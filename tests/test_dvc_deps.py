@@ -58,13 +58,30 @@ def package_closure(script: Path) -> set[str]:
     return {module_file(name).relative_to(PROJECT).as_posix() for name in seen}
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+TEACHER_OWN_MODULES = {"src/finsent/augmentation.py"}
+"""The teacher is a versioned artefact (dvc.yaml): of the package, only the modules no other stage uses."""
+
+
+@pytest.mark.parametrize("stage", sorted(set(STAGES) - {"teacher"}))
 def test_stage_deps_are_its_scripts_package_imports(stage):
     deps = STAGES[stage]["deps"]
     scripts = [dep for dep in deps if dep.startswith("stages/")]
     assert len(scripts) == 1, f"{stage}: one stage script among its deps"
     listed = {dep for dep in deps if dep.startswith("src/")}
     assert listed == package_closure(PROJECT / scripts[0])
+
+
+def test_the_teacher_depends_on_the_package_modules_no_other_stage_imports():
+    others = set().union(
+        *(
+            package_closure(PROJECT / f"stages/{name}.py")
+            for name in ("download", "tokenize_splits", "train", "evaluate", "export")
+        )
+    )
+    teacher_imports = package_closure(PROJECT / "stages" / "teacher.py")
+    assert teacher_imports - others == TEACHER_OWN_MODULES
+    assert {dep for dep in STAGES["teacher"]["deps"] if dep.startswith("src/")} == TEACHER_OWN_MODULES
+    assert STAGES["teacher"]["params"] == ["teacher"]
 
 
 def test_closure_follows_lazy_imports_inside_functions():

@@ -37,20 +37,31 @@ def test_an_older_record_reads_as_what_it_ran():
     del old["train"]["focal_gamma"], old["train"]["num_processes"]
     # Before those keys existed links were kept, and nothing else differed from today's defaults.
     assert describe_change(training_params(old), DEFAULTS) == "tokenize.url_replacement=null"
-    del old["lora"]["dropout"]  # a key that has no default: not taken as the default
+    del old["lora"]["dropout"]  # a key that existed from the start: never filled in
     assert "lora.dropout=unrecorded" in describe_change(training_params(old), DEFAULTS)
+
+
+def test_the_teacher_counts_only_for_a_run_that_distils():
+    plain = recorded(teacher__label_batch_size=7)
+    assert describe_change(training_params(plain), DEFAULTS) == "none (params.yaml)"
+    distilled = recorded(distill__enabled=True, teacher__label_batch_size=7)
+    assert describe_change(training_params(distilled), DEFAULTS) == (
+        "distill.enabled=True teacher.label_batch_size=7"
+    )
+    del distilled["teacher"]  # recorded before runs recorded their teacher
+    assert describe_change(training_params(distilled), DEFAULTS) == "distill.enabled=True teacher=unrecorded"
 
 
 def test_summary_has_a_row_a_change_best_mean_first():
     runs = [
-        Run("a", "none (params.yaml)", 42, 0.82, 0.86, 3, 270.0),
-        Run("b", "none (params.yaml)", 1, 0.84, 0.88, 3, 280.0),
-        Run("c", "train.epochs=5", 42, 0.835, 0.87, 4, 490.0),
+        Run("a", "none (params.yaml)", 42, 0.82, 0.86, 3),
+        Run("b", "none (params.yaml)", 1, 0.84, 0.88, 3),
+        Run("c", "train.epochs=5", 42, 0.835, 0.87, 4),
     ]
     rows = summary_table(runs).splitlines()[2:]
     assert rows == [
-        "| `train.epochs=5` | 1 | 42 | 0.835 | 0.835 to 0.835 | 0.870 | 4 | 490 |",
-        "| `none (params.yaml)` | 2 | 42, 1 | 0.830 | 0.820 to 0.840 | 0.870 | 3, 3 | 270, 280 |",
+        "| `train.epochs=5` | 1 | 42 | 0.835 | 0.835 to 0.835 | 0.870 | 4 |",
+        "| `none (params.yaml)` | 2 | 42, 1 | 0.830 | 0.820 to 0.840 | 0.870 | 3, 3 |",
     ]
 
 

@@ -44,12 +44,9 @@ class ModelParams(_Section):
 class TokenizeParams(_Section):
     max_length: int = Field(gt=8, le=4096)
     # The word that replaces each link (https://...) before tokenizing; null keeps links (see text.py).
-    # These two, train.num_processes and train.focal_gamma default to what runs did before the keys
-    # existed, so that a run's own record of its params (metrics/train/params.yaml) from an older
-    # commit still reads as what it ran.
-    url_replacement: str | None = None
+    url_replacement: str | None
     # The word that replaces each cashtag ($AAPL) before tokenizing; null keeps them.
-    cashtag_replacement: str | None = None
+    cashtag_replacement: str | None
 
 
 class LoraParams(_Section):
@@ -69,18 +66,18 @@ class TrainParams(_Section):
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)  # the global batch, split evenly among the processes
     # Data-parallel processes (torchrun): GPUs, one each, or CPU processes sharing the cores.
-    num_processes: int = Field(1, gt=0)
+    num_processes: int = Field(gt=0)
     weight_decay: float = Field(ge=0)
     # Loss: "balanced" weighs each class by the inverse of its share of train (Neutral is 65% of it).
     class_weights: Literal["none", "balanced"]
     label_smoothing: float = Field(ge=0, lt=1)
     # Focal loss's gamma: each tweet's loss scaled by (1 - p)^gamma, p its class's probability, so
     # that the many easy (mostly Neutral) tweets weigh less; 0 is plain cross-entropy.
-    focal_gamma: float = Field(0.0, ge=0)
+    focal_gamma: float = Field(ge=0)
     seed: int
     # bf16 autocast on a CPU that computes in bf16 natively (AVX512-BF16 or AMX); on others it is many
     # times slower than fp32, so it stays off there. GPUs use bf16 (or fp16) whatever this says.
-    cpu_bf16: bool = False
+    cpu_bf16: bool
 
     @field_validator("num_processes")
     @classmethod
@@ -107,6 +104,9 @@ class TeacherParams(_Section):
 
     checkpoint: str
     revision: str
+    # Its own tokenization: the tokenize section is the served model's, and changing it must not
+    # retrain the teacher.
+    tokenize: TokenizeParams
     lora: LoraParams
     train: TrainParams
     augment: AugmentParams
@@ -125,13 +125,12 @@ class DistillParams(_Section):
     """Knowledge distillation (Hinton et al., 2015): loss = alpha * CE(labels) + (1 - alpha) * T^2 *
     KL(teacher_T || student_T), with both distributions softened by the temperature T."""
 
-    # false: the teacher is not used, and the train stage is plain fine-tuning on the labels. The
-    # defaults are that: what runs did before the section existed (see TokenizeParams).
-    enabled: bool = False
-    alpha: float = Field(1.0, ge=0, le=1)
-    temperature: float = Field(1.0, gt=0)
+    # false: the teacher is not used, and the train stage is plain fine-tuning on the labels.
+    enabled: bool
+    alpha: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0)
     # How many of the teacher's augmented copies of train the student also trains on (no hard label).
-    augmented_copies: int = Field(0, ge=0)
+    augmented_copies: int = Field(ge=0)
 
 
 class EvaluateParams(_Section):
@@ -165,10 +164,11 @@ class Params(_Section):
     export: ExportParams
 
 
-TRAINING_SECTIONS: tuple[str, ...] = ("model", "tokenize", "lora", "train", "distill")
+TRAINING_SECTIONS: tuple[str, ...] = ("model", "tokenize", "lora", "train", "distill", "teacher")
 """The params that the train stage and those before it read: what a trained model depends on.
 
-The train stage records them beside its metrics (metrics/train/params.yaml); sweeps compare them.
+The train stage records them beside its metrics (metrics/train/params.yaml), the teacher's only when it
+distils; sweeps compare them.
 """
 
 
@@ -186,11 +186,13 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
     except YAMLError as error:
         raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
-    if isinstance(raw, dict):
-        raw.pop("serve", None)  # not a pipeline param: finsent.serving.settings reads it
+    if not isinstance(raw, dict):
+        raise FinsentError(f"{path}: not a mapping of sections (data, model, tokenize, ...)")
+    raw.pop("serve", None)  # not a pipeline param: finsent.serving.settings reads it
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise FinsentError(f"{path}: {key}: {first['msg']}") from None
+        problem = "missing" if first["type"] == "missing" else first["msg"]
+        raise FinsentError(f"{path}: {key}: {problem}") from None

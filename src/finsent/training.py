@@ -221,9 +221,9 @@ def train_classifier(
 ) -> tuple[Trainer, dict]:
     """Train on `train_set`, keep the epoch with the best dev macro-F1 (`trainer.model` on return).
 
-    Returns the Trainer and a summary: the chosen epoch's dev metrics and the training speed (also
-    logged to `live`, if given). In a launch of several processes every one trains its share and
-    gets the same model; rank 0 alone writes outputs.
+    Returns the Trainer and a summary: the chosen epoch's dev metrics, the last train loss and the
+    trainable parameters (also logged to `live`, if given). In a launch of several processes every one
+    trains its share and gets the same model; rank 0 alone writes outputs.
     """
     set_seed(train.seed)  # before the head is initialised
     model = with_lora(load_base_model(checkpoint_dir), lora)
@@ -250,13 +250,20 @@ def train_classifier(
     best = next(
         entry for entry in history if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
     )
+    # Speed goes to the log, not the summary: the summary is the run's metrics, which a rerun of the
+    # same params must reproduce on any machine.
+    if trainer.is_world_process_zero():
+        print(
+            f"trained in {result.metrics['train_runtime']:.0f} s, "
+            f"{result.metrics['train_samples_per_second']:.1f} samples/s",
+            file=sys.stderr,
+            flush=True,
+        )
     summary = {
         "dev": {name: best[f"eval_{name}"] for name in DEV_METRICS},
         "best_epoch": round(best["epoch"]),
         "train": {
             "loss": next(entry["loss"] for entry in reversed(history) if "loss" in entry),
-            "samples_per_second": result.metrics["train_samples_per_second"],
-            "runtime_s": result.metrics["train_runtime"],
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         },
     }

@@ -7,7 +7,7 @@ commit's own run and its experiments. Runs are grouped by the training params (m
 train) in which they differ from the workspace's params.yaml, the seed left aside. A run's params are
 those it recorded beside its metrics (`metrics/train/params.yaml`), since a commit's params.yaml can
 be newer than its run. Each group gets one row of a Markdown table: runs, seeds, dev macro-F1 mean
-and range, dev accuracy, the epochs chosen, each run's time in Trainer. `scripts/exp_table.sh` lists
+and range, dev accuracy, the epochs chosen. `scripts/exp_table.sh` lists
 the runs one by one; this is the view that says whether a change beats the spread of seeds.
 
 Dev only: every choice is made on dev, and an experiment run up to `train` carries its base commit's
@@ -15,18 +15,16 @@ validation metrics, which are not its own.
 """
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from finsent.cli import run_cli
-from finsent.config import TRAINING_SECTIONS, Params
+from finsent.config import TRAINING_SECTIONS
 from finsent.errors import FinsentError
 
 TRAIN_METRICS = "metrics/train/metrics.json"
@@ -41,7 +39,6 @@ class Run:
     dev_macro_f1: float
     dev_accuracy: float
     best_epoch: int
-    train_seconds: float
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -55,24 +52,42 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+KEYS_ADDED_SINCE = {
+    "tokenize.url_replacement": None,
+    "tokenize.cashtag_replacement": None,
+    "train.num_processes": 1,
+    "train.focal_gamma": 0.0,
+    "train.cpu_bf16": False,
+    "distill.enabled": False,
+    "distill.alpha": 1.0,
+    "distill.temperature": 1.0,
+    "distill.augmented_copies": 0,
+}
+"""Training params added after runs were recorded, with the value those runs had: the one place where an
+older record (metrics/train/params.yaml) is completed. Any other missing key reads as `unrecorded`."""
+
+
 def training_params(raw: dict) -> dict:
-    """The training sections of params, flat, with the defaults of keys that did not exist yet."""
-    sections = {section: raw.get(section, {}) for section in TRAINING_SECTIONS}
-    with contextlib.suppress(ValidationError):  # a key since removed: compared as recorded
-        sections = {
-            section: Params.model_fields[section].annotation.model_validate(values).model_dump()
-            for section, values in sections.items()
-        }
-    return flatten(sections)
+    """A run's training params, flat; `teacher: unrecorded` for a distilled run with no teacher record."""
+    params = KEYS_ADDED_SINCE | flatten({section: raw.get(section) or {} for section in TRAINING_SECTIONS})
+    if params["distill.enabled"] and not raw.get("teacher"):
+        params["teacher"] = "unrecorded"
+    return params
 
 
 def describe_change(params: dict, defaults: dict) -> str:
-    """The params that differ from `defaults` (both from `training_params`), as `key=value`, seed aside."""
+    """The params that differ from `defaults` (both from `training_params`), as `key=value`, seed aside.
+
+    The teacher's count only for a run that distils: the others owe their model nothing to it.
+    """
     unrecorded = object()
+    teacher_counts = params["distill.enabled"] and "teacher" not in params
     changes = [
         f"{key}={'unrecorded' if value is unrecorded else 'null' if value is None else value}"
         for key in sorted(params.keys() | defaults.keys())
-        if key != "train.seed" and (value := params.get(key, unrecorded)) != defaults.get(key)
+        if key != "train.seed"
+        and (teacher_counts or not key.startswith("teacher."))
+        and (value := params.get(key, unrecorded)) != defaults.get(key)
     ]
     return " ".join(changes) or "none (params.yaml)"
 
@@ -111,7 +126,6 @@ def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
                 dev_macro_f1=summary["dev"]["macro_f1"],
                 dev_accuracy=summary["dev"]["accuracy"],
                 best_epoch=summary["best_epoch"],
-                train_seconds=summary["train"]["runtime_s"],
             )
             # The same params, seed and dev metrics are one run seen twice: an experiment that changes
             # a later stage only (export) carries its base's train metrics, and a rerun on the same
@@ -128,8 +142,8 @@ def summary_table(runs: list[Run]) -> str:
     rows = sorted(groups.items(), key=lambda item: -statistics.mean(r.dev_macro_f1 for r in item[1]))
     lines = [
         "| change from params.yaml | runs | seeds | dev macro-F1, mean | range | dev accuracy, mean "
-        "| epoch chosen | time in Trainer (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| epoch chosen |",
+        "|---|---|---|---|---|---|---|",
     ]
     for change, group in rows:
         f1 = [run.dev_macro_f1 for run in group]
@@ -137,8 +151,7 @@ def summary_table(runs: list[Run]) -> str:
             f"| `{change}` | {len(group)} | {', '.join(str(run.seed) for run in group)} "
             f"| {statistics.mean(f1):.3f} | {min(f1):.3f} to {max(f1):.3f} "
             f"| {statistics.mean(run.dev_accuracy for run in group):.3f} "
-            f"| {', '.join(str(run.best_epoch) for run in group)} "
-            f"| {', '.join(f'{run.train_seconds:.0f}' for run in group)} |"
+            f"| {', '.join(str(run.best_epoch) for run in group)} |"
         )
     return "\n".join(lines)
 
