@@ -221,7 +221,7 @@ def test_page_of_a_revision_draws_both_side_by_side(evaluated_repo, tmp_path):
     svgs = plot_svgs((repo / PAGE).read_text())
 
     counts = cells_by_revision(svgs[COUNTS])
-    assert list(counts) == ["workspace", "main"]
+    assert list(counts) == ["main", "workspace"]  # the revision named first, left
     assert_counts_drawn(counts["workspace"], perfect)  # off the diagonal: every cell a written 0
     assert_counts_drawn(counts["main"], committed)
     shares = cells_by_revision(svgs[SHARES])

@@ -73,8 +73,10 @@ def run_dvc(*args: str) -> str:
 def dvc_plots(revisions: list[str]) -> list[Plot]:
     """dvc.yaml's plots: the workspace's with no `revisions`, else those of `dvc plots diff REVISIONS`.
 
-    A data file missing at a revision (a plot added after it, a stage not yet run) is noted on the
-    plot, which shows the revisions that have it; any other error stops.
+    The revisions are drawn in the order given, then the workspace (DVC puts it first): a base
+    revision is the left panel and the first colour. A data file missing at a revision (a plot added
+    after it, a stage not yet run) is noted on the plot, which shows the revisions that have it; any
+    other error stops.
     """
     # `--json` gives every plot filled in one call (`--show-vega` takes one target a call, dvc#7445).
     command = ["plots", "diff", *revisions] if revisions else ["plots", "show"]
@@ -86,14 +88,34 @@ def dvc_plots(revisions: list[str]) -> list[Plot]:
             continue
         where = ", ".join(str(error[key]) for key in ("name", "rev", "source") if key in error)
         raise FinsentError(f"plot {where}: {error.get('msg') or error.get('type', 'unreadable')}")
+    order = [*revisions, "workspace"]
     plots = []
     for title, renderers in output.get("data", {}).items():
         drawn = [renderer for renderer in renderers if renderer["type"] == "vega"]
         spec, shown = (drawn[0]["content"], drawn[0]["revisions"]) if drawn else (None, [])
-        plots.append(Plot(title, spec, shown, missing.get(title, [])))
+        if spec is not None:
+            _put_in_order(spec, order)
+        plots.append(Plot(title, spec, sorted(shown, key=_by_place_in(order)), missing.get(title, [])))
     if not any(plot.spec for plot in plots):
         raise FinsentError("dvc.yaml: no plot has data to draw")
     return plots
+
+
+def _by_place_in(order: list[str]):
+    """Sort key of a revision name: its place in `order`, any other name last."""
+    return lambda revision: order.index(revision) if revision in order else len(order)
+
+
+def _put_in_order(spec: dict, order: list[str]) -> None:
+    """Sort the spec's data rows, and the colour domain DVC writes into its own templates, by revision.
+
+    Panels (the confusion matrices' facets, `sort: []`) and legends (`sort: null`) follow the data.
+    """
+    place = _by_place_in(order)
+    spec.get("data", {}).get("values", []).sort(key=lambda row: place(row.get("rev")))
+    colour = spec.get("encoding", {}).get("color", {}).get("scale", {})
+    if "domain" in colour:
+        colour["domain"] = sorted(colour["domain"], key=place)
 
 
 def _convert(plot: Plot, convert, **options):
