@@ -2,19 +2,22 @@
 
 import json
 import tomllib
+import xml.etree.ElementTree as ET
 
 import pytest
 from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
 from PIL import Image
 from ruamel.yaml import YAML
-from test_plots import plot_templates, project_dvc_yaml
+from test_plots import cells_by_revision, groups, plot_templates, project_dvc_yaml, texts
 
 from finsent.config import LABELS
-from finsent.experiments.compare import compare_predictions, comparison_markdown
-from finsent.experiments.report import REPORT_FILE
+from finsent.experiments.compare import compare_predictions
+from finsent.experiments.plots import draw_png, draw_svg, dvc_plots
+from finsent.experiments.report import REPORT_FILE, VERDICT_RULE, params_markdown, verdict
 
 # The project's own plot definitions and templates, and the metrics files the report compares.
-DVC_YAML = project_dvc_yaml("plots", metrics=["metrics/train/metrics.json", "metrics/validation.json"])
+METRICS_FILES = ["metrics/train/metrics.json", "metrics/validation.json", "metrics/export.json"]
+DVC_YAML = project_dvc_yaml("plots", metrics=METRICS_FILES)
 PLOTS = {  # title: image
     "Confusion matrix (validation)": "confusion-matrix-validation.png",
     "Confusion matrix, share of each actual class (validation; recall on the diagonal)": (
@@ -26,18 +29,23 @@ PLOTS = {  # title: image
     "Dev macro-F1 by epoch": "dev-macro-f1-by-epoch.png",
     "Loss by epoch (train and dev)": "loss-by-epoch-train-and-dev.png",
 }
-CURVES = "Precision-recall, one panel per class (validation, one vs rest)"
+COUNTS, _, CURVES, DEV_F1, _ = PLOTS
+LEAD_LINES = 25
 
 
-def revision_files(predictions, learning_rate: str, dev_f1: float, validation_f1: float) -> dict[str, str]:
+def revision_files(predictions, learning_rate: str, dev_f1: float, int8_agreement: float) -> dict[str, str]:
+    validation_f1 = round(dev_f1 - 0.01, 2)
     points = [(1.0, 0.2), (0.5, validation_f1), (0.0, 1.0)]  # (recall, precision)
     curves = "class,recall,precision,average_precision\n" + "".join(
         f"{name},{recall},{precision},{validation_f1}\n" for name in LABELS for recall, precision in points
     )
+    train = {"loss": 0.4, "runtime_s": 900 / dev_f1, "samples_per_second": 9 * dev_f1}
+    int8 = {"agreement_with_pytorch": int8_agreement, "macro_f1": validation_f1 - 0.002}
     return {
         "params.yaml": f"train:\n  learning_rate: {learning_rate}\n  epochs: 3\n",
-        "metrics/train/metrics.json": json.dumps({"dev": {"macro_f1": dev_f1}}),
+        "metrics/train/metrics.json": json.dumps({"train": train, "dev": {"macro_f1": dev_f1}}),
         "metrics/validation.json": json.dumps({"macro_f1": validation_f1}),
+        "metrics/export.json": json.dumps({"onnx_int8": {"batch_1": int8, "file_mb": 56.65}}),
         "metrics/train/plots/metrics/dev/macro_f1.tsv": f"step\tmacro_f1\n0\t0.5\n1\t{dev_f1}\n",
         "metrics/train/plots/metrics/train/loss.tsv": "step\tloss\n0\t0.9\n1\t0.7\n",
         "metrics/train/plots/metrics/dev/log_loss.tsv": "step\tlog_loss\n0\t0.8\n1\t0.75\n",
@@ -55,10 +63,10 @@ def predictions():
 def pull_request(tmp_path, predictions):
     """main, and a branch `change` checked out whose params, metrics and predictions differ."""
     repo = git_dvc_repo(tmp_path / "repo")
-    main = {"dvc.yaml": DVC_YAML, **plot_templates(), **revision_files(predictions[0], "0.001", 0.61, 0.6)}
+    main = {"dvc.yaml": DVC_YAML, **plot_templates(), **revision_files(predictions[0], "0.001", 0.61, 0.9925)}
     commit_files(repo, main, "main")
     run(["git", "checkout", "-qb", "change"], cwd=repo)
-    commit_files(repo, revision_files(predictions[1], "0.0003", 0.72, 0.7), "change")
+    commit_files(repo, revision_files(predictions[1], "0.0003", 0.72, 0.995), "change")
     return repo
 
 
@@ -67,23 +75,59 @@ def report(repo, *args, check=True):
     return run(command, cwd=repo, env=SOURCE_ENV, check=check)
 
 
-def test_report_has_the_diffs_the_significance_and_both_revisions_plots(pull_request, predictions):
+def test_report_leads_with_the_verdict_the_headline_figures_and_the_params_changed(pull_request, predictions):
     repo = pull_request
     report(repo, "--resamples", "2000", "--image-url", "https://example.invalid/pr-1/")
     text = (repo / "report/report.md").read_text()
+    lines = text.splitlines()
+    lead = "\n".join(lines[:LEAD_LINES])
 
-    params = text.split("## Params")[1].split("##")[0]
-    assert "train.learning_rate" in params and "0.001" in params and "0.0003" in params
-    assert "epochs" not in params  # unchanged params are left out
-    metrics = " ".join(text.split("## Metrics")[1].split("##")[0].split())  # DVC pads its columns
-    assert "| metrics/train/metrics.json | dev.macro_f1 | 0.61 | 0.72 | 0.11 |" in metrics
-    assert "| metrics/validation.json | macro_f1 | 0.6 | 0.7 | 0.1 |" in metrics
-    expected = compare_predictions(*predictions, names=("main", "workspace"), resamples=2000, seed=0)
-    assert comparison_markdown(expected) in text
+    c = compare_predictions(*predictions, names=("main", "workspace"), resamples=2000, seed=0)
+    accuracy, f1 = c.metrics
+    assert (c.rows, c.mcnemar_p < 0.05, f1.ci_low > 0) == (300, True, True)  # a clear change
+    assert lines[2] == (
+        f"**Better**: macro-F1 {f1.difference:+.3f} [{f1.ci_low:+.3f}, {f1.ci_high:+.3f}], "
+        f"McNemar p = {c.mcnemar_p:.2g}"
+    )
+    headline = [
+        "| validation (300 rows) | main | workspace | difference [95% interval] |",
+        "|---|---|---|---|",
+        f"| macro-F1 | {f1.baseline:.3f} | {f1.candidate:.3f} "
+        f"| {f1.difference:+.3f} [{f1.ci_low:+.3f}, {f1.ci_high:+.3f}] |",
+        f"| accuracy | {accuracy.baseline:.3f} | {accuracy.candidate:.3f} "
+        f"| {accuracy.difference:+.3f} [{accuracy.ci_low:+.3f}, {accuracy.ci_high:+.3f}] |",
+        "| int8 ONNX gives PyTorch's label | 99.25% | 99.50% | |",
+    ]
+    assert "\n".join(headline) in lead
+    assert (
+        f"McNemar's exact test (accuracy): {c.baseline_only_correct} rows right only in main, "
+        f"{c.candidate_only_correct} right only in workspace; p = {c.mcnemar_p:.4g}." in lead
+    )
+    params = (
+        "| param changed | main | workspace |\n|---|---|---|\n| `train.learning_rate` | 0.001 | 0.0003 |\n\n"
+    )
+    assert params in lead  # unchanged params (train.epochs) are left out
+    assert VERDICT_RULE in lead
+    assert "300 rows paired by id; paired bootstrap of 2000 resamples (seed 0)" in lead
+
+    # Every metric of both revisions, changed or not, in a collapsed section; no timing anywhere.
+    details = text.split("<details><summary>")[1].split("</details>")[0]
+    assert "<details><summary>Every metric of both revisions</summary>" in lines
+    assert "<details open" not in text  # collapsed
+    rows = {" ".join(line.split()) for line in details.splitlines() if line.startswith("| metrics/")}
+    assert rows == {
+        "| metrics/train/metrics.json | dev.macro_f1 | 0.61 | 0.72 | 0.11 |",
+        "| metrics/train/metrics.json | train.loss | 0.4 | 0.4 | 0.0 |",
+        "| metrics/validation.json | macro_f1 | 0.6 | 0.71 | 0.11 |",
+        "| metrics/export.json | onnx_int8.batch_1.agreement_with_pytorch | 0.9925 | 0.995 | 0.0025 |",
+        "| metrics/export.json | onnx_int8.batch_1.macro_f1 | 0.598 | 0.708 | 0.11 |",
+        "| metrics/export.json | onnx_int8.file_mb | 56.65 | 56.65 | 0.0 |",
+    }
+    assert "runtime_s" not in text and "samples_per_second" not in text
 
     images = sorted((repo / "report").glob("*.png"))
     assert [image.name for image in images] == sorted(PLOTS.values())
-    assert [line[4:] for line in text.splitlines() if line.startswith("### ")] == list(PLOTS)
+    assert [line[4:] for line in lines if line.startswith("### ")] == list(PLOTS)
     assert "No data" not in text
     for image in images:
         assert f"(https://example.invalid/pr-1/{image.name})" in text
@@ -91,6 +135,58 @@ def test_report_has_the_diffs_the_significance_and_both_revisions_plots(pull_req
         with Image.open(image) as png:
             png.load()  # decodes every pixel: fails on a truncated or corrupt file
             assert png.width > 300 and png.height > 200
+
+
+def test_plots_draw_the_base_first_whatever_its_name(pull_request, monkeypatch):
+    # A base that sorts after "workspace": first because it is the base, not by the alphabet.
+    run(["git", "tag", "x-base", "main"], cwd=pull_request)
+    report(pull_request, "--base", "x-base", "--resamples", "200")
+    assert "## Plots: `x-base` first (left, first colour), then the workspace" in (
+        (pull_request / "report/report.md").read_text()
+    )
+
+    monkeypatch.chdir(pull_request)
+    plots = {plot.title: plot for plot in dvc_plots(["x-base"])}
+    for title, image in PLOTS.items():  # the report's images are these plots, drawn
+        assert (pull_request / "report" / image).read_bytes() == draw_png(plots[title])
+    svgs = {title: ET.fromstring(draw_svg(plot)) for title, plot in plots.items()}
+    assert list(cells_by_revision(svgs[COUNTS])) == ["x-base", "workspace"]  # left, then right
+    legends = [texts(legend) for legend in groups(svgs[CURVES], "role-legend")]
+    assert legends == [["x-base: AP 0.600", "workspace: AP 0.710"]] * len(LABELS)
+    (legend,) = groups(svgs[DEV_F1], "role-legend")
+    assert texts(legend) == ["x-base", "workspace", "rev"]
+
+
+def test_verdict_follows_the_interval_of_the_macro_f1_difference():
+    clear = noisy_pair(rows=300, seed=6)
+    for word, pair in [("Better", clear), ("Worse", clear[::-1])]:
+        c = compare_predictions(*pair, resamples=2000)
+        f1 = c.metrics[1]
+        assert verdict(c) == (
+            f"**{word}**: macro-F1 {f1.difference:+.3f} [{f1.ci_low:+.3f}, {f1.ci_high:+.3f}], "
+            f"McNemar p = {c.mcnemar_p:.2g}"
+        )
+    # McNemar finds a change of accuracy, macro-F1's interval holds 0: the verdict follows macro-F1.
+    c = compare_predictions(*noisy_pair(rows=300, seed=0), resamples=2000)
+    accuracy, f1 = c.metrics
+    assert c.mcnemar_p < 0.05 and accuracy.ci_low > 0 and f1.ci_low < 0 < f1.ci_high
+    assert verdict(c).startswith("**No significant difference**: macro-F1 ")
+
+
+def test_a_param_value_stays_in_its_cell():
+    # A multi-line string or a bar in a value (a YAML block, a note) would otherwise end the row.
+    changed = {"params.yaml": {"note": {"old": None, "new": "a | b\nc"}, "lr": {"old": 1e-3, "new": 0.0005}}}
+    assert params_markdown(changed, "main").splitlines()[2:] == [
+        "| `lr` | 0.001 | 0.0005 |",
+        "| `note` | - | a \\| b c |",
+    ]
+    assert params_markdown({}, "main") == "No param changed.\n"
+
+
+def test_identical_predictions_make_no_significant_difference():
+    frame = noisy_pair(rows=100, seed=1)[0]
+    c = compare_predictions(frame, frame.copy(), resamples=50)
+    assert verdict(c) == "**No significant difference**: macro-F1 +0.000 [+0.000, +0.000], McNemar p = 1"
 
 
 def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_request):

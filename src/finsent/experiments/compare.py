@@ -182,8 +182,24 @@ def _metrics_from_counts(counts: np.ndarray) -> dict[str, tuple[np.ndarray, np.n
     return {metric: tuple(values) for metric, values in result.items()}
 
 
+def mcnemar_sentence(comparison: Comparison) -> str:
+    c = comparison
+    return (
+        f"McNemar's exact test (accuracy): {c.baseline_only_correct} rows right only in {c.baseline}, "
+        f"{c.candidate_only_correct} right only in {c.candidate}; p = {c.mcnemar_p:.4g}."
+    )
+
+
+def bootstrap_sentence(comparison: Comparison) -> str:
+    c = comparison
+    return (
+        f"{c.rows} rows paired by id; paired bootstrap of {c.resamples} resamples (seed {c.seed}), "
+        "percentile interval."
+    )
+
+
 def comparison_markdown(comparison: Comparison) -> str:
-    """The comparison as a Markdown table and a line for McNemar's test."""
+    """The comparison as a Markdown table, a line for McNemar's test and one for the bootstrap."""
     c = comparison
     lines = [
         f"| metric | {c.baseline} | {c.candidate} | difference | 95% CI of the difference | CI excludes 0 |",
@@ -194,11 +210,9 @@ def comparison_markdown(comparison: Comparison) -> str:
             for m in c.metrics
         ),
         "",
-        f"McNemar's exact test (accuracy): {c.baseline_only_correct} rows right only in {c.baseline}, "
-        f"{c.candidate_only_correct} right only in {c.candidate}; p = {c.mcnemar_p:.4g}.",
+        mcnemar_sentence(c),
         "",
-        f"{c.rows} rows paired by id; paired bootstrap of {c.resamples} resamples (seed {c.seed}), "
-        "percentile interval.",
+        bootstrap_sentence(c),
     ]
     return "\n".join(lines) + "\n"
 

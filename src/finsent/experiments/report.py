@@ -1,21 +1,39 @@
-"""The pull-request report: one Markdown file saying what a change does against a base revision.
+"""The pull-request report: one Markdown file that answers first whether a change beats a base revision.
 
-Params and metrics as `dvc params diff` and `dvc metrics diff` give them, whether the change of the
-validation predictions is real (`finsent.experiments.compare`), and every plot of `dvc.yaml` for both
-revisions, drawn to PNG by vl-convert (`finsent.experiments.plots`: in-process, no browser).
+It leads with a one-line verdict on validation macro-F1, the headline figures of both revisions
+(macro-F1 and accuracy with the 95% interval of the difference and McNemar's test, from
+`finsent.experiments.compare`; the int8 model's agreement with PyTorch) and the params that changed.
+Every metric of both revisions follows in a collapsed section, then every plot of `dvc.yaml`, the
+base revision first, drawn to PNG by vl-convert (`finsent.experiments.plots`: in-process, no browser).
 """
 
 import argparse
+import json
 import re
 from pathlib import Path
 
 from finsent.atomic import atomic_dir
 from finsent.cli import run_cli
 from finsent.errors import FinsentError
-from finsent.experiments.compare import compare_predictions, comparison_markdown, read_predictions
-from finsent.experiments.plots import draw_png, dvc_plots, run_dvc
+from finsent.experiments.compare import (
+    Comparison,
+    MetricComparison,
+    bootstrap_sentence,
+    compare_predictions,
+    mcnemar_sentence,
+    read_predictions,
+)
+from finsent.experiments.plots import draw_png, dvc_plots
 
 REPORT_FILE = "report.md"
+# The README's int8 figure (finsent-results): validation texts one at a time.
+INT8_AGREEMENT = ("metrics/export.json", "onnx_int8.batch_1.agreement_with_pytorch")
+# Speed depends on the machine each revision ran on, not on the change: not compared.
+TIMING_METRICS = {"runtime_s", "samples_per_second"}
+VERDICT_RULE = (
+    "Verdict: Better where the 95% interval of the macro-F1 difference lies above 0, Worse where it "
+    "lies below, else No significant difference; McNemar's p (accuracy) is shown beside it."
+)
 
 
 def write_pr_report(
@@ -27,7 +45,7 @@ def write_pr_report(
     image_url: str = "",
 ) -> Path:
     """Write `out_dir`/report.md and its PNG plots (linked as `image_url` + file name); return the report."""
-    _check_base(base)
+    params, metrics = _diffs(base)
     comparison = compare_predictions(
         read_predictions(f"{base}:{predictions}"),
         read_predictions(predictions),
@@ -35,17 +53,18 @@ def write_pr_report(
         resamples=resamples,
         seed=seed,
     )
-    params = _table_or(run_dvc("params", "diff", base, "--md"), "No param changed.")
-    metrics = _table_or(run_dvc("metrics", "diff", base, "--md"), "No metric changed.")
     plots = dvc_plots([base])
     with atomic_dir(out_dir) as staging:
         sections = [
             f"# Model report: workspace against `{base}`\n",
-            f"## Params\n\n{params}",
-            f"## Metrics\n\n{metrics}",
-            f"## Is the change real? Validation predictions, `{predictions}`\n\n"
-            + comparison_markdown(comparison),
-            "## Plots (both revisions)\n",
+            verdict(comparison) + "\n",
+            headline_markdown(comparison, metrics),
+            params_markdown(params, base),
+            f"{VERDICT_RULE} Validation predictions `{predictions}`: {bootstrap_sentence(comparison)}\n",
+            "<details><summary>Every metric of both revisions</summary>\n",
+            metrics_markdown(metrics, base),
+            "</details>\n",
+            f"## Plots: `{base}` first (left, first colour), then the workspace\n",
         ]
         for plot in plots:
             sections.append(f"### {plot.title}\n")
@@ -60,8 +79,89 @@ def write_pr_report(
     return out_dir / REPORT_FILE
 
 
-def _check_base(base: str) -> None:
-    """Fail unless `base` is a revision whose every metrics file (those of the workspace) can be read."""
+def verdict(comparison: Comparison) -> str:
+    """Better, worse or no significant difference, by the rule VERDICT_RULE states."""
+    f1 = _by_metric(comparison)["macro_f1"]
+    word = "Better" if f1.ci_low > 0 else "Worse" if f1.ci_high < 0 else "No significant difference"
+    return f"**{word}**: macro-F1 {_difference(f1)}, McNemar p = {comparison.mcnemar_p:.2g}"
+
+
+def headline_markdown(comparison: Comparison, metrics: dict) -> str:
+    """Validation macro-F1 and accuracy of both revisions, and the int8 model's agreement with PyTorch."""
+    c = comparison
+    by_metric = _by_metric(c)
+    path, key = INT8_AGREEMENT
+    agreement = metrics.get(path, {}).get(key, {})
+    lines = [
+        f"| validation ({c.rows} rows) | {c.baseline} | {c.candidate} | difference [95% interval] |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {m.baseline:.3f} | {m.candidate:.3f} | {_difference(m)} |"
+            for name, m in (("macro-F1", by_metric["macro_f1"]), ("accuracy", by_metric["accuracy"]))
+        ),
+        f"| int8 ONNX gives PyTorch's label | {_percent(agreement.get('old'))} "
+        f"| {_percent(agreement.get('new'))} | |",
+        "",
+        mcnemar_sentence(c),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def params_markdown(params: dict, base: str) -> str:
+    """The params that differ, as `dvc params diff BASE` finds them: key, base value, new value."""
+    changed = sorted((key, change) for changes in params.values() for key, change in changes.items())
+    if not changed:
+        return "No param changed.\n"
+    lines = [
+        f"| param changed | {base} | workspace |",
+        "|---|---|---|",
+        *(f"| `{key}` | {_value(c['old'])} | {_value(c['new'])} |" for key, c in changed),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_markdown(metrics: dict, base: str) -> str:
+    """Every metric of both revisions, as `dvc metrics diff BASE --all` finds them, timings left out."""
+    lines = [
+        f"| file | metric | {base} | workspace | change |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {path} | {key} | {_value(c.get('old'))} | {_value(c.get('new'))} | {_value(c.get('diff'))} |"
+            for path, values in metrics.items()
+            for key, c in sorted(values.items())
+            if key.rsplit(".", 1)[-1] not in TIMING_METRICS
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _by_metric(comparison: Comparison) -> dict[str, MetricComparison]:
+    return {m.metric: m for m in comparison.metrics}
+
+
+def _difference(m: MetricComparison) -> str:
+    return f"{m.difference:+.3f} [{m.ci_low:+.3f}, {m.ci_high:+.3f}]"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _value(value) -> str:
+    """A param or metric as one table cell: `-` where a revision has none."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return str(round(value, 5))  # as `dvc metrics diff --md` rounds
+    text = value if isinstance(value, str) else json.dumps(value)
+    return " ".join(text.split()).replace("|", "\\|")  # a line break or a bar would end the cell
+
+
+def _diffs(base: str) -> tuple[dict, dict]:
+    """`dvc params diff BASE` and `dvc metrics diff BASE --all`, as {file: {key: {old, new[, diff]}}}.
+
+    Fails unless `base` is a revision whose every metrics file (those of the workspace) can be read.
+    """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
     from dvc.scm import RevError, resolve_rev
@@ -70,10 +170,18 @@ def _check_base(base: str) -> None:
         with Repo() as repo:
             resolve_rev(repo.scm, base)
             shown = repo.metrics.show(revs=[base])
+            _check_metrics_at(base, shown)
+            params = repo.params.diff(a_rev=base, b_rev="workspace")
+            metrics = repo.metrics.diff(a_rev=base, b_rev="workspace", all=True)
     except RevError:
         raise FinsentError(f"revision '{base}' does not exist") from None
     except DvcException as error:
         raise FinsentError(str(error)) from None
+    return params.get("diff", {}), metrics.get("diff", {})
+
+
+def _check_metrics_at(base: str, shown: dict) -> None:
+    """Fail unless every metrics file of the workspace can be read at `base` (`dvc metrics show`)."""
     if "error" in shown.get(base, {}):
         raise FinsentError(f"revision '{base}': metrics unreadable ({shown[base]['error']})")
     at_base = shown.get(base, {}).get("data", {})
@@ -85,12 +193,6 @@ def _check_base(base: str) -> None:
             raise FinsentError(f"{path}: missing at revision '{base}'")
         if error:
             raise FinsentError(f"{path}: unreadable at revision '{base}' ({error})")
-
-
-def _table_or(markdown: str, nothing: str) -> str:
-    """A Markdown table from DVC, or `nothing` where it has no row below its header."""
-    rows = [line for line in markdown.splitlines() if line.startswith("|")]
-    return markdown.strip() + "\n" if len(rows) > 2 else nothing + "\n"
 
 
 def _slug(title: str) -> str:
