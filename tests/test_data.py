@@ -61,6 +61,10 @@ def damaged_mirror(folder: Path, damage: str) -> Path:
         train.write_text(train.read_text().replace(",0\n", ",7\n", 1))
     elif damage == "empty text":
         train.write_text(train.read_text().replace("\n", '\n"  ",1\n', 1))
+    elif damage == "row ending in a comma":  # pandas would read `text` as an index column
+        train.write_text(train.read_text().replace("\n", '\n"$AAPL soars",1,\n', 1))
+    elif damage == "short row":
+        train.write_text(train.read_text().replace("\n", '\n"$AAPL soars"\n', 1))
     elif damage == "not utf-8":
         train.write_bytes(train.read_bytes() + "Café stocks,2\n".encode("latin-1"))
     return folder
@@ -72,6 +76,8 @@ def damaged_mirror(folder: Path, damage: str) -> Path:
         ("missing column", "sent_train.csv: missing column 'label'"),
         ("unknown label", "sent_train.csv: row 1: unknown label '7' (expected one of 0, 1, 2)"),
         ("empty text", "sent_train.csv: row 1: empty text"),
+        ("row ending in a comma", "sent_train.csv: row 1: 3 fields, where the header has 2"),
+        ("short row", "sent_train.csv: row 1: 1 fields, where the header has 2"),
         ("not utf-8", "sent_train.csv: not UTF-8 (byte"),
         ("fingerprint", "train split does not match params data.fingerprint: rows 50 != pinned 9543;"),
         ("no mirror", f"{MIRROR_ENV}="),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import edit_params, repro, run
+from conftest import PROJECT, edit_params, repro, run
 from ruamel.yaml import YAML
 
 from finsent.data import MIRROR_ENV, read_jsonl
@@ -161,3 +161,43 @@ def test_a_fresh_clone_does_not_train_the_teacher_again(first_run, tmp_path, sma
     edit_params(clone, distill__enabled=False)
     assert repro(clone) == {"tokenize", "train", "evaluate", "export"}
     assert "teacher_logits" not in pq.read_table(clone / "data/tokenized/train.parquet").column_names
+
+
+def test_the_teacher_reruns_only_on_purpose(pipeline_run):
+    # Params of the served model, and an edit of a shared module the teacher runs: none schedules it.
+    edit_params(pipeline_run, tokenize__max_length=96, model__revision="other", train__epochs=3)
+    training = pipeline_run / "src/finsent/training.py"
+    training.write_text(training.read_text() + "\n# an edit of the shared training code\n")
+    status = run(["dvc", "status"], cwd=pipeline_run).stdout
+    assert "tokenize:" in status
+    assert "teacher" not in status
+    dry = run(["dvc", "repro", "--dry"], cwd=pipeline_run).stdout
+    assert "Running stage 'tokenize'" in dry
+    assert "Running stage 'teacher'" not in dry
+    # Its own params do, and `make teacher` retrains it on purpose whatever changed.
+    assert "dvc repro --force --single-item teacher" in (PROJECT / "Makefile").read_text()
+    assert repro(pipeline_run, "--force", "--single-item", "teacher") == {"teacher"}
+    edit_params(pipeline_run, teacher__augment__copies=1)
+    assert "teacher:" in run(["dvc", "status"], cwd=pipeline_run).stdout
+
+
+def test_a_failed_stage_names_the_command_that_restores_its_outputs(pipeline_run, tmp_path):
+    before = {path.name: path.read_bytes() for path in (pipeline_run / "data/raw").iterdir()}
+    broken = tmp_path / "broken-mirror"
+    broken.mkdir()
+    result = run(
+        ["dvc", "repro", "--force", "download"],
+        cwd=pipeline_run,
+        env={MIRROR_ENV: str(broken)},
+        check=False,
+    )
+    assert result.returncode != 0
+    # DVC removed data/raw before the stage ran; the stage's one line says how to get it back.
+    assert not (pipeline_run / "data/raw").exists()
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
+    assert error.endswith(
+        "(DVC removed this stage's outputs before running it: "
+        "`dvc checkout download` restores the previous data/raw)"
+    )
+    run(["dvc", "checkout", "download"], cwd=pipeline_run)
+    assert {path.name: path.read_bytes() for path in (pipeline_run / "data/raw").iterdir()} == before

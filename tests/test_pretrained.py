@@ -131,7 +131,8 @@ def test_no_part_installed_falls_through_to_the_hub(monkeypatch, tmp_path):
 
 
 def test_checkpoint_resolution_order(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        (tmp_path / name).write_text('{"model_type": "bert"}' if name == "config.json" else "")
     assert resolve_pretrained(str(tmp_path), "main") == tmp_path  # a local folder, as given
     bundled = resolve_pretrained(MINILM, "main")  # an installed package that bundles it
     assert (bundled / "model.safetensors").is_file()
@@ -155,8 +156,21 @@ def test_checkpoint_resolution_order(tmp_path):
             lambda folder: (folder.mkdir(), (folder / "config.json").write_text("{}")),
             "config.json names no model_type",
         ),
+        (
+            # transformers would tokenize every word as [UNK] with no tokenizer file: refused.
+            lambda folder: (folder.mkdir(), (folder / "config.json").write_text('{"model_type": "bert"}')),
+            "no weights in this folder (one of *.safetensors, *.bin)",
+        ),
+        (
+            lambda folder: (
+                folder.mkdir(),
+                (folder / "config.json").write_text('{"model_type": "bert"}'),
+                (folder / "model.safetensors").write_bytes(b""),
+            ),
+            "no tokenizer in this folder (one of tokenizer.json, vocab.txt, vocab.json, *.model)",
+        ),
     ],
-    ids=["missing", "empty", "broken-json", "no-model-type"],
+    ids=["missing", "empty", "broken-json", "no-model-type", "no-weights", "no-tokenizer"],
 )
 def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path, setup, message):
     folder = tmp_path / "my-model"
@@ -169,6 +183,19 @@ def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path, 
     )
     assert result.returncode == 1
     assert result.stderr == f"error: model.checkpoint '{folder}': {message}\n"
+    assert not (tmp_path / "tokenized").exists()
+
+
+def test_tokenize_without_the_raw_splits_is_one_line(tmp_path, tiny_bert_dir):
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    edit_params(tmp_path, model__checkpoint=str(tiny_bert_dir))
+    result = run(
+        [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: raw/train.jsonl: missing (the download stage writes it: `dvc repro download`)\n"
+    )
     assert not (tmp_path / "tokenized").exists()
 
 

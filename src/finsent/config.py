@@ -11,6 +11,8 @@ from finsent.errors import FinsentError
 LABELS = ("Bearish", "Bullish", "Neutral")
 """The data set's classes, by label id."""
 Label = Literal[LABELS]
+PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in LABELS)
+"""Each class's probability, as every table of predictions names it (evaluate, export, predict)."""
 
 BACKENDS = ("onnx_int8", "onnx_fp32", "pytorch")
 """The runtimes a trained model is served on: ONNX Runtime (exported int8 or fp32) or PyTorch."""

@@ -50,6 +50,27 @@ def fetch_source_files(dataset: str, revision: str) -> dict[str, Path]:
         ) from None
 
 
+def read_csv_strictly(path: Path, content: str, **options) -> pd.DataFrame:
+    """pandas.read_csv of `content` (the text of `path`), refusing a row with more or fewer fields than
+    the header with a one-line error naming the row.
+
+    pandas reads such rows silently: a row ending in a comma shifts a header's worth of cells into an
+    index column, and a short row gets empty cells.
+    """
+    records = csv.reader(io.StringIO(content))
+    header = next(records, [])
+    for row, fields in enumerate(records, start=1):
+        if fields and len(fields) != len(header):
+            raise FinsentError(f"{path}: row {row}: {len(fields)} fields, where the header has {len(header)}")
+    return pd.read_csv(io.StringIO(content), index_col=False, **options)
+
+
+def unreadable_csv(path: Path, error: Exception) -> FinsentError:
+    """The one-line error for a CSV file that pandas cannot parse, with pandas' reason."""
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
+    return FinsentError(f"{path}: not a readable CSV ({reason})")
+
+
 def read_source_csv(path: Path) -> pd.DataFrame:
     """Read one source CSV into `id`, `text`, `label` columns, rejecting anything malformed."""
     try:
@@ -62,10 +83,9 @@ def read_source_csv(path: Path) -> pd.DataFrame:
         raise FinsentError(f"{path}: duplicate column(s) {', '.join(map(repr, duplicates))}")
     try:
         # Every cell as a string: "NA" or "null" are tweets here, not missing values.
-        frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
+        frame = read_csv_strictly(path, content, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
-        raise FinsentError(f"{path}: not a readable CSV ({reason})") from None
+        raise unreadable_csv(path, error) from None
     for column in ("text", "label"):
         if column not in frame.columns:
             raise FinsentError(f"{path}: missing column '{column}'")
@@ -96,8 +116,13 @@ def to_jsonl(frame: pd.DataFrame) -> bytes:
 
 def read_jsonl(path: Path) -> pd.DataFrame:
     """Read a split written by `to_jsonl`."""
-    with open(path, encoding="utf-8") as lines:
-        return pd.DataFrame([json.loads(line) for line in lines], columns=["id", "text", "label"])
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return pd.DataFrame([json.loads(line) for line in lines], columns=["id", "text", "label"])
+    except FileNotFoundError:
+        raise FinsentError(f"{path}: missing (the download stage writes it: `dvc repro download`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
+        raise FinsentError(f"{path}: not a split written by the download stage ({error})") from None
 
 
 def fingerprint(frame: pd.DataFrame) -> SplitFingerprint:

@@ -1,5 +1,6 @@
 """ONNX export: the LoRA adapter merged into the encoder, exported to ONNX, then quantized to int8."""
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from finsent.config import LABELS, ExportParams, MinAgreement
+from finsent.config import PROBABILITY_COLUMNS, ExportParams, MinAgreement
+from finsent.data import read_csv_strictly, unreadable_csv
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
@@ -83,6 +85,11 @@ def export_onnx(model: PreTrainedModel, tokenizer, out_file: Path) -> None:
         )
 
 
+def progress(step: str) -> None:
+    """One line on stderr as each step starts: the stage runs for minutes on a CPU."""
+    print(f"export: {step}", file=sys.stderr, flush=True)
+
+
 def fidelity(probabilities: np.ndarray, expected: np.ndarray) -> dict[str, float]:
     """How closely one runtime's class probabilities follow the reference's on the same texts."""
     difference = np.abs(probabilities - expected)
@@ -107,9 +114,10 @@ def runtime_metrics(
     """
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     predictors = {batch_size: OnnxPredictor(model_file, batch_size) for batch_size in batch_sizes}
-    probabilities = {
-        batch_size: predictor.predict_proba(texts) for batch_size, predictor in predictors.items()
-    }
+    probabilities = {}
+    for batch_size, predictor in predictors.items():
+        progress(f"{model_file.name} on {len(texts):,} validation texts in batches of {batch_size}")
+        probabilities[batch_size] = predictor.predict_proba(texts)
     metrics: dict = {"file_mb": round(model_file.stat().st_size / 2**20, 2)}
     smallest = min(batch_sizes)
     for batch_size, batch_probabilities in probabilities.items():
@@ -122,6 +130,7 @@ def runtime_metrics(
             metrics[f"batch_{batch_size}"][f"labels_differing_from_batch_{smallest}"] = int(changed.sum())
     if dev is not None:
         dev_texts, expected_dev = dev
+        progress(f"{model_file.name} on {len(dev_texts):,} dev texts in batches of {smallest}")
         metrics["dev"] = fidelity(predictors[smallest].predict_proba(dev_texts), expected_dev)
     return metrics
 
@@ -153,9 +162,11 @@ def write_onnx_models(
     save_text_processing(out_dir, reference.tokenizer, reference.normalize)
     model = reference.model
     fp32_file, int8_file = out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"]
+    progress(f"exporting {fp32_file.name}")
     export_onnx(model, reference.tokenizer, fp32_file)
     step = max(1, len(calibration_texts) // params.calibration_texts)
     calibration = reference.normalize(calibration_texts[::step][: params.calibration_texts])
+    progress(f"quantizing {int8_file.name}, calibrated on {len(calibration):,} training texts")
     if params.smoothing_alpha is None:
         quantize_int8(fp32_file, int8_file, reference.tokenizer, calibration)
     else:
@@ -172,14 +183,14 @@ def reference_probabilities(predictions_file: Path, validation: pd.DataFrame) ->
     Raises FinsentError, naming the file, unless it holds exactly the rows of `validation`, in the same
     order, with a finite probability for every class.
     """
-    columns = [f"p_{name}" for name in LABELS]
+    columns = list(PROBABILITY_COLUMNS)
     try:
-        predictions = pd.read_csv(predictions_file, dtype={"id": str})
+        content = predictions_file.read_text(encoding="utf-8")
+        predictions = read_csv_strictly(predictions_file, content, dtype={"id": str})
     except FileNotFoundError:
         raise FinsentError(f"{predictions_file}: no such file (run `dvc repro evaluate`)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
-        raise FinsentError(f"{predictions_file}: not a readable CSV ({reason})") from None
+        raise unreadable_csv(predictions_file, error) from None
     missing = [column for column in ["id", *columns] if column not in predictions.columns]
     if missing:
         raise FinsentError(f"{predictions_file}: no column {', '.join(missing)} (run `dvc repro evaluate`)")
@@ -222,6 +233,7 @@ def export_classifier(
     """
     labels = validation["label"].to_numpy()
     reference = TorchPredictor.from_dir(model_dir, params.batch_size)
+    progress(f"PyTorch on {len(dev_texts):,} dev texts")
     expected_dev = reference.predict_proba(dev_texts)  # before smoothing, which rescales the model in place
     metrics = {"pytorch": headline_metrics(labels, expected)}
     write_onnx_models(reference, out_dir, calibration_texts, params)

@@ -11,7 +11,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from finsent.config import LABELS
+from finsent.config import LABELS, PROBABILITY_COLUMNS
 
 _CLASS_IDS = list(range(len(LABELS)))
 
@@ -67,6 +67,6 @@ def predictions_table(ids, labels: np.ndarray, probabilities: np.ndarray) -> pd.
             "id": ids,
             "actual": names[labels],
             "predicted": names[probabilities.argmax(axis=1)],
-            **{f"p_{name}": probabilities[:, i].round(6) for i, name in enumerate(LABELS)},
+            **dict(zip(PROBABILITY_COLUMNS, probabilities.round(6).T, strict=True)),
         }
     )

@@ -1,7 +1,9 @@
 """The classifier: a pre-trained encoder with LoRA adapters and a fully trained head, saved and reloaded."""
 
+import contextlib
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -89,16 +91,25 @@ def lora_config(model: PreTrainedModel, params: LoraParams) -> LoraConfig:
     )
 
 
+@contextlib.contextmanager
+def peft_wrapping_quietly() -> Iterator[None]:
+    """Around peft wrapping a model (training it, or loading a trained adapter).
+
+    peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a notice for
+    peft's authors, nothing a user of this project can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
 def with_lora(model: PreTrainedModel, params: LoraParams) -> PeftModel | PreTrainedModel:
     """The model wrapped with LoRA adapters; as it is (every weight trainable) when LoRA is off."""
     if not params.enabled:
         return model
     config = lora_config(model, params)
     try:
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated `is_gradient_checkpointing` (peft 0.21, transformers
-            # 5.24): nothing to change on our side, and nothing a user can act on.
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        with peft_wrapping_quietly():
             return get_peft_model(model, config)
     except ValueError as error:
         raise FinsentError(f"lora.target_modules: {error}") from None

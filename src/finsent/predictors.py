@@ -3,7 +3,6 @@
 The predict command, the export stage and the HTTP API all classify through `load_predictor`.
 """
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +56,9 @@ class TorchPredictor(Predictor):
     def from_dir(cls, model_dir: Path, batch_size: int) -> "TorchPredictor":
         from peft import PeftModel  # torch and peft load only for this backend
 
-        from finsent.modeling import load_classifier
+        from finsent.modeling import load_classifier, peft_wrapping_quietly
 
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps the
-            # model: a notice for peft's authors, not for whoever loads a model.
-            warnings.filterwarnings(
-                "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\."
-            )
+        with peft_wrapping_quietly():
             model, tokenizer, normalize = load_classifier(model_dir)
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()  # the base model, in eval mode as loaded

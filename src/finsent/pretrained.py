@@ -69,6 +69,10 @@ PACKAGED_MODELS: dict[str, PackagedFolder | SplitZip] = {
 
 # PyTorch weights, configs and tokenizer files only: not the TF, Flax, ONNX or Core ML copies.
 _HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+# A fast tokenizer's own file, or what one is built from (WordPiece or BPE vocabulary, SentencePiece):
+# without any, transformers falls back to a tokenizer that maps every word to [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "*.model")
 _CHUNK = 1 << 20
 
 
@@ -206,6 +210,11 @@ def _checked_local_folder(folder: Path, key: str) -> Path:
         raise FinsentError(f"{key} {str(folder)!r}: config.json is not a JSON object") from None
     if not isinstance(model_type, str):
         raise FinsentError(f"{key} {str(folder)!r}: config.json names no model_type")
+    for what, patterns in (("weights", WEIGHT_FILES), ("tokenizer", TOKENIZER_FILES)):
+        if not any(any(folder.glob(pattern)) for pattern in patterns):
+            raise FinsentError(
+                f"{key} {str(folder)!r}: no {what} in this folder (one of {', '.join(patterns)})"
+            )
     return folder
 
 
