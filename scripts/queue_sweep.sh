@@ -3,9 +3,10 @@
 #
 #   scripts/queue_sweep.sh SWEEP_FILE [JOBS] [MAX_SECONDS] > sweep.csv
 #
-# A line of SWEEP_FILE is an experiment name and its `-S` overrides, for example
-#   lr-3e-4  -S train.learning_rate=3e-4
-# ('#' starts a comment). Experiments run in queue order; after MAX_SECONDS (0: no limit) the ones
+# A line of SWEEP_FILE is an experiment name, then what `dvc exp run` takes (a target, `-S` overrides),
+# where `preset=NAME` stands for that preset's overrides (presets/NAME.yaml), for example
+#   lr-3e-4  train preset=minilm -S train.learning_rate=3e-4
+# ('#' starts a comment; a later `-S` of a key wins over the preset's). Experiments run in queue order; after MAX_SECONDS (0: no limit) the ones
 # still running are killed and those not started are dropped, so that a short lease of a machine
 # still yields every finished result. Prints scripts/exp_table.sh as CSV, best dev macro-F1 first.
 set -euo pipefail
@@ -18,8 +19,16 @@ set -f
 
 while read -r name overrides; do
   [[ -z $name || $name == \#* ]] && continue
-  # shellcheck disable=SC2086  # the overrides are words on purpose: -S key=value ...
-  dvc exp run --queue --name "$name" $overrides </dev/null >&2
+  words=()
+  for word in $overrides; do
+    if [[ $word == preset=* ]]; then
+      # shellcheck disable=SC2207  # the preset's words: -S key=value ...
+      words+=($(finsent-preset "${word#preset=}"))
+    else
+      words+=("$word")
+    fi
+  done
+  dvc exp run --queue --name "$name" "${words[@]}" </dev/null >&2
 done <"$sweep"
 
 dvc queue start --jobs "$jobs" >&2
