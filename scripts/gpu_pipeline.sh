@@ -8,8 +8,9 @@
 # WHEEL_DIR holds wheels brought along for what the machine lacks; one whose package is installed
 # already is skipped, so the machine's own torch and CUDA stay as they are. Fetch them where pip
 # works, for the GPU machine's Python and platform, as docs/training.md's "On a GPU" section shows.
-# Where the hub is out of reach, set FINSENT_DATA_MIRROR. Prints each stage's wall time, the training
-# samples/s and the validation metrics; outputs and dvc.lock are those of a plain `dvc repro`.
+# Where the hub is out of reach, set FINSENT_DATA_MIRROR. Prints each stage's wall time (the train and
+# teacher stages log their samples/s) and the validation metrics; outputs and dvc.lock are those of a
+# plain `dvc repro`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -58,11 +59,9 @@ import json
 
 teacher = json.load(open("metrics/teacher.json"))
 print(f"teacher: dev macro-F1 {teacher['dev']['macro_f1']:.4f}, accuracy {teacher['dev']['accuracy']:.4f}; "
-      f"validation macro-F1 {teacher['validation']['macro_f1']:.4f}, accuracy {teacher['validation']['accuracy']:.4f}; "
-      f"{teacher['train']['samples_per_second']:.1f} samples/s")
+      f"validation macro-F1 {teacher['validation']['macro_f1']:.4f}, accuracy {teacher['validation']['accuracy']:.4f}")
 train = json.load(open("metrics/train/metrics.json"))
 validation = json.load(open("metrics/validation.json"))
-print(f"train: {train['train']['samples_per_second']:.1f} samples/s, {train['train']['runtime_s']:.1f} s in Trainer")
 print(f"dev: macro-F1 {train['dev']['macro_f1']:.4f}, accuracy {train['dev']['accuracy']:.4f}")
 print(f"validation: macro-F1 {validation['macro_f1']:.4f}, accuracy {validation['accuracy']:.4f}")
 PY
