@@ -1,8 +1,12 @@
+import csv
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,15 +23,19 @@ TEXTS = [
 ]
 
 
-def predict(project, *args, stdin: str | bytes | None = None, check: bool = True):
-    """Run finsent-predict in `project`; return its exit status, stdout and stderr."""
-    result = subprocess.run(
-        [*finsent_command("serving.predict"), *args],
-        cwd=project,
-        env={**os.environ, **SOURCE_ENV},
-        input=stdin.encode() if isinstance(stdin, str) else (stdin or b""),
-        capture_output=True,
-    )
+def predict(project, *args, stdin: str | bytes | Path | None = None, check: bool = True):
+    """Run finsent-predict in `project` (`stdin`: its input, or a file to read as stdin); return its exit
+    status, stdout and stderr."""
+    stdin = stdin.encode() if isinstance(stdin, str) else stdin
+    with stdin.open("rb") if isinstance(stdin, Path) else nullcontext() as file:
+        result = subprocess.run(
+            [*finsent_command("serving.predict"), *args],
+            cwd=project,
+            env={**os.environ, **SOURCE_ENV},
+            stdin=file,
+            input=None if file else stdin or b"",
+            capture_output=True,
+        )
     if check:
         assert result.returncode == 0, result.stderr.decode()
     return result.returncode, result.stdout.decode(), result.stderr.decode()
@@ -48,6 +56,32 @@ def test_texts_as_arguments_or_stdin_lines_give_the_int8_models_probabilities_in
     _, from_stdin, stderr = predict(exported_project, stdin="\n".join(reversed(TEXTS)) + "\n")
     np.testing.assert_allclose(probabilities_of(from_stdin), expected[::-1], atol=1e-6)
     assert stderr == ""  # no progress bar for stdin
+
+
+LINE_BREAKS_THAT_ARE_TEXT = ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\r"]
+"""What str.splitlines() also ends a line at; on stdin only \\n and \\r\\n end one."""
+
+
+def test_one_result_per_stdin_line_whatever_unicode_it_holds(exported_project):
+    texts = [f"$AAPL up{char}shares rise {i}" for i, char in enumerate(LINE_BREAKS_THAT_ARE_TEXT)]
+    texts.append("".join(LINE_BREAKS_THAT_ARE_TEXT).join(["$TSLA", "falls"]))
+    stdin = "".join(text + ("\r\n" if i % 2 else "\n") for i, text in enumerate(texts))
+    _, stdout, _ = predict(exported_project, stdin=stdin)
+    expected = OnnxPredictor(exported_project / "exported" / ONNX_FILES["onnx_int8"], 32).predict_proba(texts)
+    np.testing.assert_allclose(probabilities_of(stdout), expected, atol=1e-6)
+
+
+def test_a_csv_file_as_spreadsheets_write_it_gives_one_result_per_row(exported_project, tmp_path):
+    # A byte order mark, CRLF ends, a blank line, a quoted text over two lines, a text longer than the
+    # csv module's default field limit (131,072 characters), and cells that pandas would read as missing.
+    texts = ["$AAPL beats", "line one\r\nline two, still one text", "$AAPL up " * 20_000, "NA", "null"]
+    rows = [["id", "text"], *([str(i), text] for i, text in enumerate(texts))]
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerows([*rows[:2], [], *rows[2:]])
+    (tmp_path / "in.csv").write_bytes(b"\xef\xbb\xbf" + out.getvalue().encode())
+    _, stdout, _ = predict(exported_project, "-i", str(tmp_path / "in.csv"))
+    expected = OnnxPredictor(exported_project / "exported" / ONNX_FILES["onnx_int8"], 32).predict_proba(texts)
+    np.testing.assert_allclose(probabilities_of(stdout), expected, atol=1e-6)
 
 
 def test_csv_file_with_a_named_column_to_csv_output_with_pytorch(exported_project, tmp_path):
@@ -91,16 +125,42 @@ def test_jsonl_file(exported_project, tmp_path):
         (None, b"caf\xe9\n", "error: stdin: not UTF-8 (byte 3)\n"),
         ("in.csv", b"id,tweet\n1,hello\n", "error: {path}: missing column 'text' (columns: id, tweet)\n"),
         ("in.csv", b"text\ncaf\xe9\n", "error: {path}: not UTF-8 (byte 8)\n"),
-        ("in.csv", b"", "error: {path}: empty file, nothing to classify\n"),
+        ("in.csv", b"", "error: {path}: empty or only whitespace, nothing to classify\n"),
+        ("in.csv", b" \n\t\n\n", "error: {path}: empty or only whitespace, nothing to classify\n"),
+        ("in.jsonl", b"\n  \n", "error: {path}: empty or only whitespace, nothing to classify\n"),
         (
             "in.jsonl",
             b'{"text": "ok"}\n{"text": 3}\n',
-            "error: {path}: row 2: column 'text' is not a string\n",
+            "error: {path}: line 2: column 'text' is not a string\n",
         ),
+        # A row with a field more than the header: pandas took `text` as the index, and classified "1".
+        ("in.csv", b"text,id\n$AAPL soars,1,\n", "error: {path}: line 2: field count 3, the header's 2\n"),
+        ("in.csv", b"text,id\nok,1\n\nnot ok\n", "error: {path}: line 4: field count 1, the header's 2\n"),
+        ("in.csv", b"id,text,text\n1,a,b\n", "error: {path}: column 'text' appears 2 times in the header\n"),
+        (
+            "in.csv",
+            b'text\n"never closed\n',
+            "error: {path}: line 2: not a readable CSV file (unexpected end of data)\n",
+        ),
+        (
+            "in.jsonl",
+            b'{"text": "ok"}\n{"text": "ok\\ud800"}\n',
+            "error: {path}: line 2: a lone surrogate, not UTF-8 text\n",
+        ),
+        ("in.jsonl", b'{"text": "ok"}\n\n["ok"]\n', "error: {path}: line 3: not a JSON object\n"),
+        (
+            "in.jsonl",
+            b'{"text": "ok"}\n{"tweet": "ok"}\n',
+            "error: {path}: line 2: missing column 'text' (columns: tweet)\n",
+        ),
+        ("in.jsonl", b'{"text": "ok"} x\n', "error: {path}: line 1: not JSON (Extra data, column 16)\n"),
+        ("in.jsonl", b"[" * 100_000 + b"\n", "error: {path}: line 1: not JSON (nested too deeply)\n"),
         # The pipeline's rule (finsent.text.first_blank): a text with nothing but whitespace is refused.
         (None, b"ok\n \t\nfine\n", "error: stdin: line 2: empty or only whitespace\n"),
-        ("in.csv", b'text\nok\n"  "\n', "error: {path}: row 2: empty or only whitespace\n"),
-        ("in.jsonl", b'{"text": "ok"}\n{"text": ""}\n', "error: {path}: row 2: empty or only whitespace\n"),
+        (None, b"ok\n\nfine\n", "error: stdin: line 2: empty or only whitespace\n"),
+        (None, b" \n\t\n", "error: stdin: line 1: empty or only whitespace\n"),
+        ("in.csv", b'text\nok\n"  "\n', "error: {path}: line 3: empty or only whitespace\n"),
+        ("in.jsonl", b'{"text": "ok"}\n{"text": ""}\n', "error: {path}: line 2: empty or only whitespace\n"),
     ],
     ids=[
         "empty-stdin",
@@ -108,8 +168,21 @@ def test_jsonl_file(exported_project, tmp_path):
         "missing-column",
         "file-not-utf8",
         "empty-file",
+        "csv-only-whitespace-lines",
+        "jsonl-only-whitespace-lines",
         "not-a-string",
+        "csv-row-ending-in-a-comma",
+        "csv-short-row",
+        "csv-column-twice",
+        "csv-open-quote",
+        "jsonl-lone-surrogate",
+        "jsonl-not-an-object",
+        "jsonl-missing-column",
+        "jsonl-not-json",
+        "jsonl-nested-too-deeply",
         "blank-stdin-line",
+        "empty-stdin-line",
+        "stdin-only-whitespace-lines",
         "blank-csv-cell",
         "empty-jsonl-text",
     ],
@@ -129,9 +202,50 @@ def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted({"out.jsonl", file_name or "out.jsonl"})
 
 
-def test_a_blank_argument_is_named(exported_project):
-    code, stdout, stderr = predict(exported_project, "ok", "   ", check=False)
-    assert (code, stdout, stderr) == (1, "", "error: argument 2: empty or only whitespace\n")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ok", "   "], "error: argument 2: empty or only whitespace\n"),
+        # Python decodes arguments with surrogateescape: a byte that is not UTF-8 becomes a lone surrogate.
+        ([b"caf\xe9 up"], "error: argument 1: a lone surrogate, not UTF-8 text\n"),
+    ],
+    ids=["blank", "not-utf8"],
+)
+def test_a_bad_argument_is_named(exported_project, args, message):
+    code, stdout, stderr = predict(exported_project, *args, check=False)
+    assert (code, stdout, stderr) == (1, "", message)
+
+
+def test_a_closed_stdin_is_one_line(exported_project):
+    command = ["bash", "-c", 'exec "$@" <&-', "bash", *finsent_command("serving.predict")]
+    result = subprocess.run(
+        command, cwd=exported_project, env={**os.environ, **SOURCE_ENV}, capture_output=True
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        b"",
+        b"error: stdin: closed, no texts to classify\n",
+    )
+
+
+@pytest.mark.parametrize("link", ["same-path", "symlink", "hard-link", "stdin"])
+def test_the_output_is_never_the_input_file(exported_project, tmp_path, link):
+    (tmp_path / "in.csv").write_text("text\n$AAPL up\n")
+    output = tmp_path / ("in.csv" if link in ("same-path", "stdin") else "out.csv")
+    if link == "symlink":
+        output.symlink_to(tmp_path / "in.csv")
+    elif link == "hard-link":
+        output.hardlink_to(tmp_path / "in.csv")
+    if link == "stdin":  # finsent-predict -o in.csv < in.csv
+        code, stdout, stderr = predict(exported_project, "-o", str(output), stdin=output, check=False)
+    else:
+        code, stdout, stderr = predict(
+            exported_project, "-i", str(tmp_path / "in.csv"), "-o", str(output), check=False
+        )
+    assert (code, stdout) == (2, "")
+    message = f"argument -o/--output: {output} is the input file; give another file to write"
+    assert stderr.splitlines()[-1] == f"finsent-predict: error: {message}"
+    assert (tmp_path / "in.csv").read_text() == "text\n$AAPL up\n"
 
 
 @pytest.mark.parametrize(

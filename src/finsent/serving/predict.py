@@ -4,11 +4,13 @@ import argparse
 import csv
 import io
 import json
+import os
+import re
+import stat
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from finsent.atomic import atomic_file
@@ -25,46 +27,119 @@ PROGRESS_MIN_ROWS = 500
 CHUNK_TEXTS = 512
 """Texts handed to the model at a time (it batches them itself): the progress bar's step."""
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-def read_texts_file(path: Path, column: str) -> list[str]:
-    """The `column` of a CSV file, or of a JSONL file (one object a line), as strings."""
+
+def read_texts_file(path: Path, column: str) -> tuple[list[str], list[int]]:
+    """The `column` of a CSV file, or of a JSONL file (one object a line), and the line each text is on."""
     try:
-        content = path.read_bytes().decode("utf-8")
+        content = decode_utf8(path.read_bytes(), path)
     except FileNotFoundError:
         raise FinsentError(f"{path}: file not found") from None
     except OSError as error:  # a folder, no permission
         raise FinsentError(f"{path}: cannot read it ({error.strerror})") from None
-    except UnicodeDecodeError as error:
-        raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
+    if not content.strip():
+        raise FinsentError(f"{path}: empty or only whitespace, nothing to classify")
+    if path.suffix.lower() == ".csv":
+        return read_csv_column(path, content, column)
+    return read_jsonl_column(path, content, column)
+
+
+def read_csv_column(path: Path, content: str, column: str) -> tuple[list[str], list[int]]:
+    """Every row must have the header's number of fields: a short or long row would shift its cells.
+
+    The csv module rather than pandas: pandas takes the first column as the index when the rows have
+    one field more than the header, and fills a short row with empty cells, both without a word.
+    """
+    # A text may be as long as the file: it is clipped before tokenizing, not refused here.
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    records, line = [], 0  # (first line, fields); `line`: the last line read
     try:
-        if path.suffix.lower() == ".csv":
-            # Every cell a string: "NA" or "null" are texts here, not missing values.
-            frame = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
-        else:
-            frame = pd.read_json(io.StringIO(content), lines=True, dtype=False)
-    except pd.errors.EmptyDataError:
-        raise FinsentError(f"{path}: empty file, nothing to classify") from None
-    except (pd.errors.ParserError, ValueError) as error:
-        kind = "CSV" if path.suffix.lower() == ".csv" else "JSONL"
-        raise FinsentError(f"{path}: not a readable {kind} file ({str(error).splitlines()[0]})") from None
-    if frame.empty:
+        for fields in reader:
+            if fields:  # a blank line holds no row
+                records.append((line + 1, fields))
+            line = reader.line_num
+    except csv.Error as error:
+        raise FinsentError(f"{path}: line {line + 1}: not a readable CSV file ({error})") from None
+    (_, header), rows = records[0], records[1:]
+    if column not in header:
+        raise FinsentError(f"{path}: missing column '{column}' (columns: {', '.join(header)})")
+    if header.count(column) > 1:
+        raise FinsentError(f"{path}: column '{column}' appears {header.count(column)} times in the header")
+    for number, fields in rows:
+        if len(fields) != len(header):
+            raise FinsentError(
+                f"{path}: line {number}: field count {len(fields)}, the header's {len(header)}"
+            )
+    if not rows:
         raise FinsentError(f"{path}: no rows, nothing to classify")
-    if column not in frame.columns:
-        raise FinsentError(
-            f"{path}: missing column '{column}' (columns: {', '.join(map(str, frame.columns))})"
-        )
-    not_text = ~frame[column].map(lambda value: isinstance(value, str))
-    if not_text.any():
-        row = int(not_text.to_numpy().argmax())
-        raise FinsentError(f"{path}: row {row + 1}: column '{column}' is not a string")
-    return frame[column].tolist()
+    index = header.index(column)
+    return [fields[index] for _, fields in rows], [number for number, _ in rows]
+
+
+def read_jsonl_column(path: Path, content: str, column: str) -> tuple[list[str], list[int]]:
+    """One JSON object a line; blank lines are skipped."""
+    texts, lines = [], []
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():  # the last newline, or a blank line
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise FinsentError(
+                f"{path}: line {number}: not JSON ({error.msg}, column {error.colno})"
+            ) from None
+        except RecursionError:
+            raise FinsentError(f"{path}: line {number}: not JSON (nested too deeply)") from None
+        if not isinstance(record, dict):
+            raise FinsentError(f"{path}: line {number}: not a JSON object")
+        if column not in record:
+            raise FinsentError(
+                f"{path}: line {number}: missing column '{column}' (columns: {', '.join(record)})"
+            )
+        if not isinstance(record[column], str):
+            raise FinsentError(f"{path}: line {number}: column '{column}' is not a string")
+        texts.append(record[column])
+        lines.append(number)
+    return texts, lines
 
 
 def read_stdin_lines() -> list[str]:
+    """The lines of stdin, ended by \\n or \\r\\n only: other line breaks (U+2028, form feed,
+    NEL...) are characters of a text, so that each line gives exactly one result."""
+    if sys.stdin is None:  # started with stdin closed
+        raise FinsentError("stdin: closed, no texts to classify")
+    lines = decode_utf8(sys.stdin.buffer.read(), "stdin").split("\n")
+    if lines[-1] == "":  # after the last newline
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def decode_utf8(data: bytes, source: Path | str) -> str:
+    """`data` as text, without the byte order mark that some editors put first (Excel, PowerShell)."""
     try:
-        return sys.stdin.buffer.read().decode("utf-8").splitlines()
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
-        raise FinsentError(f"stdin: not UTF-8 (byte {error.start})") from None
+        raise FinsentError(f"{source}: not UTF-8 (byte {error.start})") from None
+
+
+def first_lone_surrogate(texts: list[str]) -> int | None:
+    """The index of the first text holding half a surrogate pair, which no encoder can take, if any.
+
+    Decoding leaves them: JSON's "\\ud800" escape, or an argument that is not UTF-8 (Python decodes
+    arguments with surrogateescape)."""
+    return next((i for i, text in enumerate(texts) if LONE_SURROGATE.search(text)), None)
+
+
+def writes_over_input(output: Path, input_file: Path | None) -> bool:
+    """Whether `output` is the input (the --input-file, else what stdin reads), through any link."""
+    try:
+        written = output.stat()
+        read = input_file.stat() if input_file is not None else os.fstat(0)  # stdin
+    except OSError:  # not there yet: nothing to overwrite
+        return False
+    return stat.S_ISREG(read.st_mode) and os.path.samestat(written, read)
 
 
 def format_predictions(probabilities: np.ndarray, output_format: str) -> str:
@@ -136,18 +211,25 @@ def main() -> None:
         parser.error("give texts as arguments or --input-file, not both")
     if args.output is not None and args.output.is_dir():
         parser.error(f"argument -o/--output: {args.output} is a folder; give a file to write")
-    # Where a text came from, for an error: "argument 2", "<file>: row 2", "stdin: line 2".
+    if args.output is not None and not args.texts and writes_over_input(args.output, args.input_file):
+        parser.error(f"argument -o/--output: {args.output} is the input file; give another file to write")
+    # Where each text came from, for an error: "argument 2", "<file>: line 3", "stdin: line 2".
     if args.texts:
-        texts, where = args.texts, "argument"
+        texts, where, numbers = args.texts, "argument", range(1, len(args.texts) + 1)
     elif args.input_file:
-        texts, where = read_texts_file(args.input_file, args.text_column), f"{args.input_file}: row"
+        texts, numbers = read_texts_file(args.input_file, args.text_column)
+        where = f"{args.input_file}: line"
     else:
         texts, where = read_stdin_lines(), "stdin: line"
+        numbers = range(1, len(texts) + 1)
     if not texts:
         raise FinsentError("stdin: no texts to classify")
-    blank = first_blank(texts)
-    if blank is not None:  # the pipeline's rule: such a text is no tweet to classify
-        raise FinsentError(f"{where} {blank + 1}: empty or only whitespace")
+    for index, problem in (
+        (first_blank(texts), "empty or only whitespace"),  # the pipeline's rule: no tweet to classify
+        (first_lone_surrogate(texts), "a lone surrogate, not UTF-8 text"),
+    ):
+        if index is not None:
+            raise FinsentError(f"{where} {numbers[index]}: {problem}")
     output_format = args.format or (
         "csv" if args.output and args.output.suffix.lower() == ".csv" else "jsonl"
     )
