@@ -8,7 +8,8 @@ throughput with the in-process batch 32 one. Prints a Markdown table.
 
 The clients use aiohttp rather than httpx: on the 2-core dev machine httpx's client spent more CPU a
 request than the server itself, about seven times aiohttp's, and a load generator that costly on the
-server's CPU measures itself. The client's CPU a request is reported too.
+server's CPU measures itself. The client's CPU a request is reported too. aiohttp comes with DVC
+(through dvc-http), so the environment `make install` makes runs this script as it is.
 
     PYTHONPATH=src python scripts/benchmark_inference.py    # from the project root, after `dvc repro export`
     PYTHONPATH=src python scripts/benchmark_inference.py --pretrained sentence-transformers/all-mpnet-base-v2
@@ -22,6 +23,7 @@ a trained model of that architecture would; its answers mean nothing.
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import socket
@@ -32,7 +34,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import httpx
 import numpy as np
 
 from finsent.config import BACKENDS, load_params
@@ -113,6 +114,22 @@ async def _clients(base_url: str, texts: list[str], clients: int) -> tuple[list[
         return latencies, errors, time.perf_counter() - start, time.process_time() - start_cpu
 
 
+def wait_until_ready(server: subprocess.Popen, port: int, backend: str) -> None:
+    """Return once the server on loopback `port` answers /readyz with 200; stop if it exits first."""
+    while server.poll() is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:  # not listening yet
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.2)
+    raise SystemExit(f"finsent-serve --backend {backend} exited with status {server.returncode}")
+
+
 def over_http(
     backend: str,
     model_dir: Path,
@@ -134,14 +151,7 @@ def over_http(
     base_url = f"http://127.0.0.1:{port}"
     results = []
     try:
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"finsent-serve --backend {backend} exited with status {server.returncode}")
-            try:
-                if httpx.get(f"{base_url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_ready(server, port, backend)
         for clients in client_counts:
             asyncio.run(_clients(base_url, texts[:64], clients))  # warm-up
             latencies, errors, seconds, client_cpu = asyncio.run(_clients(base_url, texts, clients))

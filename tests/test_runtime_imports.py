@@ -1,0 +1,57 @@
+"""The package, the stages and the scripts import only what `make install` (requirements.txt) installs."""
+
+import ast
+import sys
+from importlib.metadata import distribution, packages_distributions
+
+from conftest import PROJECT
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+CODE = [*PROJECT.glob("src/finsent/**/*.py"), *PROJECT.glob("stages/*.py"), *PROJECT.glob("scripts/*.py")]
+
+
+def installed_by(requirements_file) -> set[str]:
+    """The distributions that a file of pins and everything they depend on bring, as installed here."""
+    # Each requirement with the extra its dependent asked for: a marker may name it (`extra == "http"`).
+    pending = [
+        (Requirement(line), "")
+        for line in requirements_file.read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "-"))
+    ]
+    seen = set()
+    while pending:
+        requirement, extra = pending.pop()
+        name = canonicalize_name(requirement.name)
+        wanted = (name, frozenset(requirement.extras))
+        if wanted in seen or (requirement.marker and not requirement.marker.evaluate({"extra": extra})):
+            continue
+        seen.add(wanted)
+        dependencies = distribution(name).requires or []
+        pending += [
+            (Requirement(line), extra) for line in dependencies for extra in {"", *requirement.extras}
+        ]
+    return {name for name, _ in seen}
+
+
+def imported_modules(file) -> set[str]:
+    """The top-level names of the modules a Python file imports anywhere in it, not counting its own."""
+    modules = set()
+    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_every_import_is_installed_by_requirements_txt():
+    runtime = installed_by(PROJECT / "requirements.txt")
+    providers = packages_distributions()
+    missing = {
+        f"{file.relative_to(PROJECT)}: {module}"
+        for file in CODE
+        for module in imported_modules(file) - set(sys.stdlib_module_names) - {"finsent"}
+        if not {canonicalize_name(name) for name in providers.get(module, [])} & runtime
+    }
+    assert not missing, "imported but not installed by requirements.txt: " + ", ".join(sorted(missing))
