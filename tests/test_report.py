@@ -220,20 +220,30 @@ def test_metrics_missing_on_main_are_named(pull_request):
     assert not (pull_request / "report").exists()
 
 
-def test_workflow_runs_the_checks_and_posts_the_report_of_this_package():
+def test_workflow_runs_the_checks_read_only_and_publishes_the_report_in_a_job_of_its_own():
     workflow = YAML(typ="safe").load((PROJECT / ".github/workflows/pr-report.yml").read_text())
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["finsent-pr-report"] == "finsent.experiments.report:cli"
     assert "pull_request" in workflow["on"]
-    # The pull request's code runs `make test`: no write token may be left in .git/config for it.
-    checkout = next(
-        step for step in workflow["jobs"]["report"]["steps"] if "checkout" in step.get("uses", "")
-    )
+    assert workflow["permissions"] == {"contents": "read"}
+    checks, publish = workflow["jobs"]["checks"], workflow["jobs"]["publish"]
+    # The pull request's code (make test, the report) runs with a read-only token, not left in .git/config.
+    assert checks["permissions"] == {"contents": "read"}
+    checkout = next(step for step in checks["steps"] if "checkout" in step.get("uses", ""))
     assert checkout["with"]["persist-credentials"] is False
-    steps = workflow["jobs"]["report"]["steps"]
-    commands = "\n".join(step.get("run", "") for step in steps)
+    commands = "\n".join(step.get("run", "") for step in checks["steps"])
     assert "make test" in commands
     assert ".venv/bin/finsent-pr-report pr-report " in commands
-    posting = next(step for step in steps if "github-script" in step.get("uses", ""))
+    upload = next(step for step in checks["steps"] if "upload-artifact" in step.get("uses", ""))
+    assert (upload["with"]["name"], upload["with"]["path"]) == ("pr-report", "pr-report/")
+    # The job with the write token runs none of it: no checkout, only the artifact.
+    assert publish["needs"] == "checks"
+    assert publish["permissions"] == {"contents": "write", "pull-requests": "write", "issues": "write"}
+    assert not any("checkout" in step.get("uses", "") for step in publish["steps"])
+    publish_commands = "\n".join(step.get("run", "") for step in publish["steps"])
+    assert not {"make", "pip", "python", ".venv"} & set(publish_commands.replace("/", " ").split())
+    download = next(step for step in publish["steps"] if "download-artifact" in step.get("uses", ""))
+    assert download["with"] == {"name": "pr-report", "path": "pr-report"}
+    posting = next(step for step in publish["steps"] if "github-script" in step.get("uses", ""))
     assert f'"pr-report/{REPORT_FILE}"' in posting["with"]["script"]
     assert "updateComment" in posting["with"]["script"]
