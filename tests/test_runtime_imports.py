@@ -1,8 +1,10 @@
-"""The package, the stages and the scripts import only what `make install` (requirements.txt) installs."""
+"""The package, the stages and the scripts import only what `make install` (requirements.txt) installs,
+or what an extra of pyproject.toml declares for an optional feature (not `dev`: tests and linters)."""
 
 import ast
 import sys
-from importlib.metadata import distribution, packages_distributions
+import tomllib
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 
 from conftest import PROJECT
 from packaging.requirements import Requirement
@@ -11,14 +13,10 @@ from packaging.utils import canonicalize_name
 CODE = [*PROJECT.glob("src/finsent/**/*.py"), *PROJECT.glob("stages/*.py"), *PROJECT.glob("scripts/*.py")]
 
 
-def installed_by(requirements_file) -> set[str]:
-    """The distributions that a file of pins and everything they depend on bring, as installed here."""
+def installed_by(requirements: list[str]) -> set[str]:
+    """The distributions that `requirements` and everything they depend on bring, as installed here."""
     # Each requirement with the extra its dependent asked for: a marker may name it (`extra == "http"`).
-    pending = [
-        (Requirement(line), "")
-        for line in requirements_file.read_text().splitlines()
-        if line.strip() and not line.startswith(("#", "-"))
-    ]
+    pending = [(Requirement(line), "") for line in requirements]
     seen = set()
     while pending:
         requirement, extra = pending.pop()
@@ -27,11 +25,23 @@ def installed_by(requirements_file) -> set[str]:
         if wanted in seen or (requirement.marker and not requirement.marker.evaluate({"extra": extra})):
             continue
         seen.add(wanted)
-        dependencies = distribution(name).requires or []
+        try:
+            dependencies = distribution(name).requires or []
+        except PackageNotFoundError:  # an optional extra's package, not installed here
+            dependencies = []
         pending += [
             (Requirement(line), extra) for line in dependencies for extra in {"", *requirement.extras}
         ]
     return {name for name, _ in seen}
+
+
+def allowed_requirements() -> list[str]:
+    """requirements.txt's pins and pyproject.toml's extras for optional features."""
+    pins = (PROJECT / "requirements.txt").read_text().splitlines()
+    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return [line for line in pins if line.strip() and not line.startswith(("#", "-"))] + [
+        requirement for name, requirements in extras.items() if name != "dev" for requirement in requirements
+    ]
 
 
 def imported_modules(file) -> set[str]:
@@ -45,8 +55,8 @@ def imported_modules(file) -> set[str]:
     return modules
 
 
-def test_every_import_is_installed_by_requirements_txt():
-    runtime = installed_by(PROJECT / "requirements.txt")
+def test_every_import_is_installed_by_requirements_txt_or_an_optional_extra():
+    runtime = installed_by(allowed_requirements())
     providers = packages_distributions()
     missing = {
         f"{file.relative_to(PROJECT)}: {module}"
@@ -54,4 +64,7 @@ def test_every_import_is_installed_by_requirements_txt():
         for module in imported_modules(file) - set(sys.stdlib_module_names) - {"finsent"}
         if not {canonicalize_name(name) for name in providers.get(module, [])} & runtime
     }
-    assert not missing, "imported but not installed by requirements.txt: " + ", ".join(sorted(missing))
+    assert not missing, (
+        "imported but installed neither by requirements.txt nor by an optional extra: "
+        + ", ".join(sorted(missing))
+    )
