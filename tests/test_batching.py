@@ -19,6 +19,13 @@ def fp32(exported_project) -> OnnxPredictor:
     return OnnxPredictor(exported_project / "exported" / ONNX_FILES["onnx_fp32"], 32)
 
 
+def uniform(texts: list[str]) -> np.ndarray:
+    """A model that fails on the text "bad", as ONNX Runtime raises on an input it cannot take."""
+    if "bad" in texts:
+        raise RuntimeError("model run failed")
+    return np.full((len(texts), 3), 1 / 3, dtype=np.float32)
+
+
 def serve(batcher: Batcher, requests: list[list[str]]) -> list:
     """Send `requests` at once; answers (or the exception raised) in their order."""
 
@@ -74,13 +81,8 @@ def test_stop_answers_the_waiting_requests_then_refuses_new_ones(fp32):
 
 
 def test_a_failed_run_fails_its_requests_only():
-    def model(texts: list[str]) -> np.ndarray:  # a runtime error on one input, as ONNX Runtime raises
-        if "bad" in texts:
-            raise RuntimeError("model run failed")
-        return np.full((len(texts), 3), 1 / 3, dtype=np.float32)
-
     async def run():
-        batcher = Batcher(model, window_s=0, max_batch=32, max_queued=64)
+        batcher = Batcher(uniform, window_s=0, max_batch=32, max_queued=64)
         batcher.start()
         with pytest.raises(RuntimeError, match="model run failed"):
             await batcher.predict(["bad"])
@@ -89,3 +91,30 @@ def test_a_failed_run_fails_its_requests_only():
         return answer
 
     assert asyncio.run(run()).shape == (1, 3)
+
+
+def test_a_failed_run_of_several_requests_runs_each_alone_so_that_only_the_bad_one_fails():
+    runs = []
+    batcher = Batcher(uniform, window_s=0.5, max_batch=32, max_queued=64, on_batch=runs.append)
+    answers = serve(batcher, [["good"], ["bad"], ["fine", "too"]])
+    assert runs == [4, 1, 1, 2]  # together, then each alone
+    assert [answers[0].shape, answers[2].shape] == [(1, 3), (2, 3)]
+    assert isinstance(answers[1], RuntimeError)
+
+
+def test_a_request_cancelled_while_waiting_is_not_run():
+    runs = []
+
+    async def run():
+        batcher = Batcher(uniform, window_s=0.2, max_batch=32, max_queued=64, on_batch=runs.append)
+        batcher.start()
+        cancelled = asyncio.create_task(batcher.predict(["gone", "away"]))
+        kept = asyncio.create_task(batcher.predict(["kept"]))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()  # as uvicorn cancels the requests left when its shutdown times out
+        answer = await kept
+        await batcher.stop()
+        return answer
+
+    assert asyncio.run(asyncio.wait_for(run(), 5)).shape == (1, 3)
+    assert runs == [1]

@@ -77,20 +77,33 @@ class Batcher:
 
     async def _serve(self) -> None:
         while batch := await self._next_batch():
-            texts = [text for waiting in batch for text in waiting.texts]
-            self.on_batch(len(texts))
-            try:
-                probabilities = await asyncio.to_thread(self.predict_proba, texts)
-            except Exception as error:  # not swallowed: each request of the batch fails with it
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        """One model run for the requests of `batch` still waiting (not cancelled meanwhile).
+
+        When a run of several requests fails, each is run again alone: one input the model cannot
+        take fails its own request only, with the model's exception.
+        """
+        batch = [waiting for waiting in batch if not waiting.future.done()]
+        if not batch:
+            return
+        texts = [text for waiting in batch for text in waiting.texts]
+        self.on_batch(len(texts))
+        try:
+            probabilities = await asyncio.to_thread(self.predict_proba, texts)
+        except Exception as error:  # not swallowed: the request it belongs to fails with it
+            if len(batch) > 1:
                 for waiting in batch:
-                    if not waiting.future.done():  # done: its request was cancelled meanwhile
-                        waiting.future.set_exception(error)
-                continue
-            start = 0
-            for waiting in batch:
-                if not waiting.future.done():
-                    waiting.future.set_result(probabilities[start : start + len(waiting.texts)])
-                start += len(waiting.texts)
+                    await self._run([waiting])
+            elif not batch[0].future.done():  # done: its request was cancelled meanwhile
+                batch[0].future.set_exception(error)
+            return
+        start = 0
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_result(probabilities[start : start + len(waiting.texts)])
+            start += len(waiting.texts)
 
     async def _next_batch(self) -> list[_Waiting]:
         """The requests of the next run, oldest first; none once stopping with nothing waiting."""
