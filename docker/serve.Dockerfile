@@ -31,7 +31,11 @@ ENV FINSENT_SERVE_HOST=0.0.0.0 \
 RUN useradd --system --no-create-home --uid 10001 finsent
 USER 10001
 EXPOSE 8000
+# On the port the server listens on, FINSENT_SERVE_PORT (`docker run -e` may change it).
 HEALTHCHECK --interval=30s --timeout=3s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz')"]
-# SIGTERM (docker stop) answers the requests in flight, then exits.
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['FINSENT_SERVE_PORT'] + '/readyz', timeout=2)"]
+# SIGTERM (docker stop) stops accepting connections and gives the requests in flight
+# FINSENT_SERVE_SHUTDOWN_TIMEOUT_S (5 s) to be answered; those still running then get a 503 with
+# Retry-After, the model run under way ends, and the server exits: within docker stop's 10 s, after
+# which Docker kills it.
 CMD ["finsent-serve"]

@@ -42,6 +42,11 @@ class Metrics:
         self.waiting_texts = Gauge(
             "finsent_waiting_texts", "Texts waiting for a model run", registry=self.registry
         )
+        self.received_bytes = Counter(
+            "finsent_http_received_bytes",
+            "Bytes read from clients' connections, headers and bodies, whether answered or not",
+            registry=self.registry,
+        )
         Info("finsent_model", "The model served", registry=self.registry).info(
             {"backend": backend, "version": version}
         )
@@ -103,6 +108,10 @@ def _request_id(scope: Scope) -> str:
             text = value.decode("latin-1")
             if CLIENT_REQUEST_ID.fullmatch(text):
                 return text
+    return new_request_id()
+
+
+def new_request_id() -> str:
     return uuid.uuid4().hex
 
 

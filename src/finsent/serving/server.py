@@ -1,9 +1,10 @@
 """The `finsent-serve` command: the classifier behind an HTTP API (FastAPI on uvicorn), loaded once.
 
 Concurrent requests share model runs (`finsent.serving.batching`); each request is logged as one JSON
-line on stdout; metrics at /metrics. Limits against hostile or broken clients: body size, time to send
-a request, open connections, texts waiting for the model. SIGTERM stops accepting connections, answers
-the requests in flight, then exits.
+line on stdout; metrics at /metrics. Limits against hostile or broken clients: header and body size,
+time to send a request, open connections, texts waiting for the model. SIGTERM stops accepting
+connections, gives the requests in flight shutdown_timeout_s to be answered (a 503 for those left),
+then exits.
 """
 
 import argparse
@@ -23,7 +24,13 @@ from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, Backend
 from finsent.predictors import Predictor, load_predictor, model_folder
 from finsent.serving.batching import Batcher, Overloaded
-from finsent.serving.limits import BodyLimit, RequestDeadlineProtocol
+from finsent.serving.limits import (
+    RETRY_AFTER,
+    BodyLimit,
+    ConnectionLimit,
+    FailureAnswers,
+    LimitedHttpProtocol,
+)
 from finsent.serving.model_version import model_version
 from finsent.serving.observability import AccessLog, Metrics, log_access_to_stdout
 from finsent.serving.schemas import (
@@ -38,12 +45,12 @@ from finsent.serving.settings import ServeSettings, load_serve_settings
 
 MAX_REPORTED_ERRORS = 10
 MAX_LOC_CHARS = 64
-RETRY_AFTER_S = 1
 
 
-def create_app(predictor: Predictor, backend: Backend, version: str, settings: ServeSettings) -> FastAPI:
+def create_app(
+    predictor: Predictor, backend: Backend, version: str, settings: ServeSettings, metrics: Metrics
+) -> FastAPI:
     """The API around a loaded `predictor`; it is ready once a first prediction has warmed it up."""
-    metrics = Metrics(backend, version)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +73,7 @@ def create_app(predictor: Predictor, backend: Backend, version: str, settings: S
         version=__version__,
         description="Sentiment of finance tweets: Bearish, Bullish or Neutral.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would echo the client's Host header in its Location
     )
     app.state.batcher = None
     app.add_exception_handler(RequestValidationError, validation_failed)
@@ -96,15 +104,22 @@ def create_app(predictor: Predictor, backend: Backend, version: str, settings: S
         "/v1/predict",
         summary="Classify texts",
         responses={
-            400: {"model": ErrorMessage, "description": "the body could not be read (the client went away)"},
-            413: {"model": ErrorMessage, "description": f"body over {settings.max_body_bytes} bytes"},
+            400: {"model": ErrorMessage, "description": "the body could not be read or parsed"},
+            413: {
+                "model": ErrorMessage,
+                "description": f"body over {settings.max_body_bytes} bytes "
+                f"or {settings.max_body_values} JSON values",
+            },
             422: {"model": ValidationErrors, "description": "the body is not a valid request"},
+            500: {
+                "model": ErrorMessage,
+                "description": "an unexpected error, such as the model failing on the texts",
+            },
             503: {
                 "model": ErrorMessage,
-                "description": "overloaded: too many texts wait for the model (JSON, with Retry-After), "
-                "or too many open connections (uvicorn's plain-text answer); retry later",
+                "description": "overloaded (too many texts wait for the model, or too many open "
+                "connections) or shutting down; retry later",
                 "headers": retry_after,
-                "content": {"text/plain": {"schema": {"type": "string"}}},
             },
         },
     )
@@ -112,16 +127,17 @@ def create_app(predictor: Predictor, backend: Backend, version: str, settings: S
         try:
             probabilities = await request.app.state.batcher.predict(body.texts)
         except Overloaded:
-            raise HTTPException(
-                503, "overloaded, retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
-            ) from None
+            raise HTTPException(503, "overloaded, retry later", headers=RETRY_AFTER) from None
         predictions = [
             Prediction(label=LABELS[row.argmax()], probabilities=dict(zip(LABELS, row.tolist(), strict=True)))
             for row in probabilities
         ]
         return PredictResponse(predictions=predictions, backend=backend, model_version=version)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Added innermost first: AccessLog sees (and gives an id to) every answer of the others.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_values=settings.max_body_values)
+    app.add_middleware(ConnectionLimit)
+    app.add_middleware(FailureAnswers)
     app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(route.path for route in app.routes))
     return app
 
@@ -167,16 +183,26 @@ def main() -> None:
         settings.model_threads,
     )
     version = model_version(model_folder(settings.backend, settings.model_dir, settings.exported_dir))
-    app = create_app(predictor, settings.backend, version, settings)
+    metrics = Metrics(settings.backend, version)
+    app = create_app(predictor, settings.backend, version, settings, metrics)
     log_access_to_stdout()
+    protocol = partial(
+        LimitedHttpProtocol,
+        request_timeout_s=settings.request_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=settings.max_connections,  # instead of uvicorn's limit_concurrency
+        on_received=metrics.received_bytes.inc,
+    )
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level="info",
         access_log=False,  # AccessLog writes one JSON line a request instead
-        http=partial(RequestDeadlineProtocol, request_timeout_s=settings.request_timeout_s),
-        limit_concurrency=settings.max_connections,
+        http=protocol,
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
 
 

@@ -7,7 +7,8 @@ working directory when there is one, the default below. The serve image has no p
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from ruamel.yaml import YAML, YAMLError
 
@@ -67,11 +68,40 @@ class ServeSettings(BaseSettings):
     request_timeout_s: float = Field(
         10.0, gt=0, description="time a client has to send a whole request, headers and body (server)"
     )
+    max_header_bytes: int = Field(
+        16384, gt=0, description="bytes of a request's line and headers, at most; beyond, a 431 (server)"
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="addresses of the proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, "
+        "comma-separated; empty: none (server)",
+    )
+    shutdown_timeout_s: float = Field(
+        5.0, gt=0, description="on SIGTERM, time the requests in flight have to be answered (server)"
+    )
+
+    @model_validator(mode="after")
+    def _one_request_fits_the_queue(self) -> "ServeSettings":
+        # Otherwise a request of more than max_queued_texts texts is valid yet always refused as overload.
+        if self.max_texts > self.max_queued_texts:
+            raise PydanticCustomError(
+                "limits_disagree",
+                "max_texts ({max_texts}) is over max_queued_texts ({max_queued_texts}): a request of more "
+                "than max_queued_texts texts would always get a 503",
+                {"max_texts": self.max_texts, "max_queued_texts": self.max_queued_texts},
+            )
+        return self
 
     @property
     def max_body_bytes(self) -> int:
         """The largest body a valid request can have: every character escaped as a surrogate pair."""
         return self.max_texts * (12 * self.max_text_chars + 8) + 1024
+
+    @property
+    def max_body_values(self) -> int:
+        """The most bytes that open or separate JSON values (`[{,:`) a valid body can have, counted
+        inside strings too: every character of every text could be one; 64 for the rest."""
+        return self.max_texts * (self.max_text_chars + 1) + 64
 
     @classmethod
     def settings_customise_sources(
@@ -91,6 +121,8 @@ def load_serve_settings(**flags) -> ServeSettings:
         return ServeSettings(**{name: value for name, value in flags.items() if value is not None})
     except ValidationError as error:
         first = error.errors()[0]
+        if not first["loc"]:  # a rule over several settings: its message names them
+            raise FinsentError(f"serve settings: {first['msg']}") from None
         name = ".".join(str(part) for part in first["loc"])
         raise FinsentError(
             f"serve setting {name} (flag, {ENV_PREFIX}{name.upper()} or params.yaml serve.{name}): "
