@@ -103,7 +103,8 @@ def test_predictions_of_different_rows_are_refused(change, message):
             "row 2, column predicted: unknown class 'Bull'",
         ),
         ("id,actual,predicted\n", "no rows"),
-        ("", "not a readable CSV file"),
+        ("", "empty, not even a header"),
+        ("id,actual,predicted\n1,Bearish,Bullish,\n", "line 2: field count 4, the header's 3"),
     ],
 )
 def test_bad_predictions_files_are_refused(tmp_path, content, message):

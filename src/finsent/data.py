@@ -1,8 +1,6 @@
 """The data set: fetched from the Hugging Face hub or a local mirror, checked, split, stored as JSONL."""
 
-import csv
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -12,6 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from finsent.config import LABELS, DataParams, SplitFingerprint
 from finsent.errors import FinsentError
+from finsent.strict_csv import read_csv_frame
 from finsent.text import first_blank
 
 MIRROR_ENV = "FINSENT_DATA_MIRROR"
@@ -50,42 +49,13 @@ def fetch_source_files(dataset: str, revision: str) -> dict[str, Path]:
         ) from None
 
 
-def read_csv_strictly(path: Path, content: str, **options) -> pd.DataFrame:
-    """pandas.read_csv of `content` (the text of `path`), refusing a row with more or fewer fields than
-    the header with a one-line error naming the row.
-
-    pandas reads such rows silently: a row ending in a comma shifts a header's worth of cells into an
-    index column, and a short row gets empty cells.
-    """
-    records = csv.reader(io.StringIO(content))
-    header = next(records, [])
-    for row, fields in enumerate(records, start=1):
-        if fields and len(fields) != len(header):
-            raise FinsentError(f"{path}: row {row}: {len(fields)} fields, where the header has {len(header)}")
-    return pd.read_csv(io.StringIO(content), index_col=False, **options)
-
-
-def unreadable_csv(path: Path, error: Exception) -> FinsentError:
-    """The one-line error for a CSV file that pandas cannot parse, with pandas' reason."""
-    reason = str(error).strip().splitlines()[-1] if str(error).strip() else error.__class__.__name__
-    return FinsentError(f"{path}: not a readable CSV ({reason})")
-
-
 def read_source_csv(path: Path) -> pd.DataFrame:
     """Read one source CSV into `id`, `text`, `label` columns, rejecting anything malformed."""
     try:
         content = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
         raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
-    header = next(csv.reader(io.StringIO(content)), [])
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise FinsentError(f"{path}: duplicate column(s) {', '.join(map(repr, duplicates))}")
-    try:
-        # Every cell as a string: "NA" or "null" are tweets here, not missing values.
-        frame = read_csv_strictly(path, content, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise unreadable_csv(path, error) from None
+    frame = read_csv_frame(path, content)
     for column in ("text", "label"):
         if column not in frame.columns:
             raise FinsentError(f"{path}: missing column '{column}'")

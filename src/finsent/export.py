@@ -10,11 +10,11 @@ import torch
 from transformers import PreTrainedModel
 
 from finsent.config import PROBABILITY_COLUMNS, ExportParams, MinAgreement
-from finsent.data import read_csv_strictly, unreadable_csv
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.quantization import quantize_int8, smooth_activations
+from finsent.strict_csv import read_csv_frame
 from finsent.text import save_text_processing
 
 # Two texts of different lengths, so that neither the batch nor the sequence axis is traced as fixed.
@@ -185,12 +185,11 @@ def reference_probabilities(predictions_file: Path, validation: pd.DataFrame) ->
     """
     columns = list(PROBABILITY_COLUMNS)
     try:
-        content = predictions_file.read_text(encoding="utf-8")
-        predictions = read_csv_strictly(predictions_file, content, dtype={"id": str})
+        predictions = read_csv_frame(predictions_file, predictions_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FinsentError(f"{predictions_file}: no such file (run `dvc repro evaluate`)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise unreadable_csv(predictions_file, error) from None
+    except UnicodeDecodeError as error:
+        raise FinsentError(f"{predictions_file}: not UTF-8 (byte {error.start})") from None
     missing = [column for column in ["id", *columns] if column not in predictions.columns]
     if missing:
         raise FinsentError(f"{predictions_file}: no column {', '.join(missing)} (run `dvc repro evaluate`)")

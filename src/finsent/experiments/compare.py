@@ -7,7 +7,6 @@ revision as `REV:PATH` (a branch, a commit, a tag or a DVC experiment name).
 """
 
 import argparse
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from scipy.stats import binomtest
 from finsent.cli import run_cli
 from finsent.config import LABELS
 from finsent.errors import FinsentError
+from finsent.strict_csv import read_csv_frame
 
 PREDICTION_COLUMNS = ("id", "actual", "predicted")
 _K = len(LABELS)
@@ -51,9 +51,9 @@ def read_predictions(source: str) -> pd.DataFrame:
 
 def _parse_predictions(content: bytes, source: str) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FinsentError(f"{source}: not a readable CSV file ({error.__class__.__name__})") from None
+        frame = read_csv_frame(source, content.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise FinsentError(f"{source}: not UTF-8 (byte {error.start})") from None
     missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
     if missing:
         raise FinsentError(f"{source}: missing column(s) {', '.join(missing)}")

@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from finsent.atomic import atomic_file
 from finsent.cli import run_cli
-from finsent.config import BACKENDS, LABELS
+from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
 from finsent.predictors import ONNX_FILES, load_predictor
 from finsent.serving.settings import load_serve_settings
+from finsent.strict_csv import read_csv_rows
 from finsent.text import first_blank
 
 PROGRESS_MIN_ROWS = 500
@@ -46,32 +47,12 @@ def read_texts_file(path: Path, column: str) -> tuple[list[str], list[int]]:
 
 
 def read_csv_column(path: Path, content: str, column: str) -> tuple[list[str], list[int]]:
-    """Every row must have the header's number of fields: a short or long row would shift its cells.
-
-    The csv module rather than pandas: pandas takes the first column as the index when the rows have
-    one field more than the header, and fills a short row with empty cells, both without a word.
-    """
-    # A text may be as long as the file: it is clipped before tokenizing, not refused here.
-    csv.field_size_limit(max(csv.field_size_limit(), len(content)))
-    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
-    records, line = [], 0  # (first line, fields); `line`: the last line read
-    try:
-        for fields in reader:
-            if fields:  # a blank line holds no row
-                records.append((line + 1, fields))
-            line = reader.line_num
-    except csv.Error as error:
-        raise FinsentError(f"{path}: line {line + 1}: not a readable CSV file ({error})") from None
-    (_, header), rows = records[0], records[1:]
+    """The `column` of every row, and the line each row starts on (strict_csv: no row shifts its cells)."""
+    header, rows = read_csv_rows(path, content)
     if column not in header:
         raise FinsentError(f"{path}: missing column '{column}' (columns: {', '.join(header)})")
     if header.count(column) > 1:
         raise FinsentError(f"{path}: column '{column}' appears {header.count(column)} times in the header")
-    for number, fields in rows:
-        if len(fields) != len(header):
-            raise FinsentError(
-                f"{path}: line {number}: field count {len(fields)}, the header's {len(header)}"
-            )
     if not rows:
         raise FinsentError(f"{path}: no rows, nothing to classify")
     index = header.index(column)
@@ -148,7 +129,7 @@ def format_predictions(probabilities: np.ndarray, output_format: str) -> str:
     if output_format == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["label", *(f"p_{name}" for name in LABELS)])
+        writer.writerow(["label", *PROBABILITY_COLUMNS])
         writer.writerows(
             [label, *(f"{p:.6f}" for p in row)] for label, row in zip(labels, probabilities, strict=True)
         )
