@@ -49,8 +49,8 @@ class ServeSettings(BaseSettings):
     batch_size: int = Field(
         32, gt=0, description="texts a model run, at most; the server gathers concurrent requests up to it"
     )
-    # Cores one model run of finsent-serve uses; 0: all of them (finsent-predict always uses all). All:
-    # on 2 cores, one model run at a time on both served 36% more texts/s than on one (docs/serving.md).
+    # Cores one model run of finsent-serve uses; 0: all of them (finsent-predict always uses all): the
+    # server runs one model run at a time, and its event loop needs little CPU (docs/speed.md).
     model_threads: int = Field(0, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
