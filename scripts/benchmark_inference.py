@@ -74,9 +74,9 @@ def untrained_export(checkpoint: str, calibration_file: Path, folder: Path) -> t
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
     model = with_lora(load_base_model(checkpoint_dir), params.lora)
     model_dir, exported_dir = folder / "models", folder / "exported"
-    save_classifier(
-        model, tokenizer, text_normalization(params.tokenize), checkpoint, checkpoint_dir, model_dir
-    )
+    # Untrained: no temperature fitted on dev, the logits as they are (T = 1).
+    normalize = text_normalization(params.tokenize)
+    save_classifier(model, tokenizer, normalize, 1.0, checkpoint, checkpoint_dir, model_dir)
     reference = TorchPredictor.from_dir(model_dir, params.export.batch_size)
     exported_dir.mkdir()
     write_onnx_models(reference, exported_dir, read_jsonl(calibration_file)["text"].tolist(), params.export)

@@ -1,4 +1,5 @@
-"""Stage train: LoRA fine-tuning on train (distilling the teacher, if on), epoch chosen by dev macro-F1.
+"""Stage train: LoRA fine-tuning on train (distilling the teacher, if on), epoch chosen by dev macro-F1,
+then a temperature fitted on dev that calibrates its probabilities (saved with the model).
 
 dvclive logs each epoch. With `train.num_processes` above 1 the stage reruns itself as that many
 data-parallel workers under torchrun.
@@ -19,7 +20,7 @@ from finsent.modeling import save_classifier
 from finsent.pretrained import resolve_pretrained
 from finsent.text import load_text_processing
 from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
-from finsent.training import train_classifier
+from finsent.training import calibrate_on_dev, train_classifier
 
 
 def main() -> None:
@@ -45,19 +46,24 @@ def main() -> None:
             # The teacher's section only when distilling: without distillation the model owes it nothing.
             recorded = set(TRAINING_SECTIONS) - (set() if params.distill.enabled else {"teacher"})
             live.log_params(params.model_dump(include=recorded))
+        dev_set = read_tokenized(args.tokenized_dir, "dev")
         trainer, summary = train_classifier(
             checkpoint_dir,
             params.lora,
             params.train,
             read_tokenized(args.tokenized_dir, "train"),
-            read_tokenized(args.tokenized_dir, "dev"),
+            dev_set,
             tokenizer,
             params.distill,
             live,
         )
+        summary["calibration"] = calibrate_on_dev(trainer, dev_set)
         if main_process:
-            checkpoint = params.model.checkpoint
-            save_classifier(trainer.model, tokenizer, normalize, checkpoint, checkpoint_dir, model_staging)
+            live.summary["calibration"] = summary["calibration"]
+            temperature, checkpoint = summary["calibration"]["temperature"], params.model.checkpoint
+            save_classifier(
+                trainer.model, tokenizer, normalize, temperature, checkpoint, checkpoint_dir, model_staging
+            )
     if main_process:
         print(json.dumps(summary, indent=2))
 

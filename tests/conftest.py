@@ -259,9 +259,14 @@ def noisy_pair(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return predictions_frame(actual, systems[0]), predictions_frame(actual, systems[1])
 
 
+TINY_TEMPERATURE = 2.0
+"""The temperature `tiny_trained_model` saves: not 1, so that a predictor that ignored it would show."""
+
+
 def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
-    """A LoRA classifier on `checkpoint`, saved as the train stage saves one; no training: its trainable
-    weights are moved off their initial values at random, so that adapter and head matter."""
+    """A LoRA classifier on `checkpoint`, saved as the train stage saves one (with TINY_TEMPERATURE); no
+    training: its trainable weights are moved off their initial values at random, so that adapter and
+    head matter."""
     import torch
     from transformers import AutoTokenizer
 
@@ -279,7 +284,9 @@ def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
             if parameter.requires_grad:
                 parameter.add_(torch.randn_like(parameter) * 0.5)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    save_classifier(model.eval(), tokenizer, TextNormalization(), "tiny-bert", checkpoint, out_dir)
+    save_classifier(
+        model.eval(), tokenizer, TextNormalization(), TINY_TEMPERATURE, "tiny-bert", checkpoint, out_dir
+    )
     return out_dir
 
 
@@ -292,13 +299,18 @@ SOURCE_ENV = {"PYTHONPATH": str(PROJECT / "src")}
 """Subprocesses import the package from this checkout, wherever it was installed from."""
 
 
+BEHAVIOUR_CASES = PROJECT / "data" / "behaviour.yaml"
+
+
 def evaluate_stage(project: Path) -> None:
-    """The evaluate stage, run in `project` as dvc.yaml runs it: plots/predictions.csv, export's reference."""
+    """The evaluate stage, run in `project` as dvc.yaml runs it (on the project's behavioural test
+    cases): plots/predictions.csv, export's reference."""
     run(
         [
             *stage_script("evaluate.py"),
             "models",
             "data/raw/validation.jsonl",
+            str(BEHAVIOUR_CASES),
             "metrics/validation.json",
             "plots",
         ],

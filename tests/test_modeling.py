@@ -1,11 +1,23 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_checkpoint
+from conftest import (
+    BEHAVIOUR_CASES,
+    PROJECT,
+    SOURCE_ENV,
+    TINY_TEMPERATURE,
+    run,
+    stage_script,
+    tiny_checkpoint,
+    tiny_trained_model,
+)
+from scipy.special import softmax
 from transformers import AutoTokenizer
 
+from finsent.calibration import CALIBRATION_FILE
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
@@ -64,9 +76,10 @@ def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture, lora):
         trained = model(**batch).logits
 
     normalize = TextNormalization(url_replacement="http")
-    save_classifier(model, tokenizer, normalize, "tiny/checkpoint", checkpoint, tmp_path / "models")
-    reloaded, reloaded_tokenizer, reloaded_normalize = load_classifier(tmp_path / "models")
+    save_classifier(model, tokenizer, normalize, 1.5, "tiny/checkpoint", checkpoint, tmp_path / "models")
+    reloaded, reloaded_tokenizer, reloaded_normalize, temperature = load_classifier(tmp_path / "models")
     assert reloaded_normalize == normalize
+    assert temperature == 1.5
     # Files that name the base model name it as params.yaml does: no folder of this machine.
     for file in (tmp_path / "models").rglob("*"):
         if file.suffix in (".json", ".md"):
@@ -92,9 +105,10 @@ def test_predict_proba_keeps_input_order(tmp_path):
     model = with_lora(load_base_model(checkpoint), LORA).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = ["a much longer tweet about $TSLA deliveries missing estimates", "up", "$SPY flat on the day"]
-    together = TorchPredictor(model, tokenizer, 2, TextNormalization()).predict_proba(texts)
+    together = TorchPredictor(model, tokenizer, 2, TextNormalization(), 1.0).predict_proba(texts)
     one_by_one = [
-        TorchPredictor(model, tokenizer, 1, TextNormalization()).predict_proba([text])[0] for text in texts
+        TorchPredictor(model, tokenizer, 1, TextNormalization(), 1.0).predict_proba([text])[0]
+        for text in texts
     ]
     assert together.shape == (3, len(LABELS))
     np.testing.assert_allclose(together, np.stack(one_by_one), atol=1e-5, rtol=0)
@@ -129,7 +143,9 @@ def test_prediction_normalises_as_the_saved_model_was_trained(tmp_path):
     torch.manual_seed(0)
     model = with_lora(load_base_model(checkpoint), LORA)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    save_classifier(model, tokenizer, TextNormalization(), "tiny/checkpoint", checkpoint, tmp_path / "models")
+    save_classifier(
+        model, tokenizer, TextNormalization(), 1.0, "tiny/checkpoint", checkpoint, tmp_path / "models"
+    )
     two_links = ["$TSLA deliveries miss https://t.co/abcdef", "$TSLA deliveries miss https://t.co/Zy9Qk2"]
 
     assert TextNormalization.load(tmp_path / "models") == TextNormalization()  # texts as they are
@@ -145,10 +161,41 @@ def test_a_model_folder_without_its_text_normalisation_is_refused(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "checkpoint", "bert")
     model = with_lora(load_base_model(checkpoint), LORA)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    save_classifier(model, tokenizer, TextNormalization(), "tiny/checkpoint", checkpoint, tmp_path / "models")
+    save_classifier(
+        model, tokenizer, TextNormalization(), 1.0, "tiny/checkpoint", checkpoint, tmp_path / "models"
+    )
     (tmp_path / "models" / NORMALIZATION_FILE).unlink()
     with pytest.raises(FinsentError, match=r"text_normalization.json: missing; every model folder has"):
         TorchPredictor.from_dir(tmp_path / "models", batch_size=2)
     (tmp_path / "models" / NORMALIZATION_FILE).write_text('{"url": 1}')
     with pytest.raises(FinsentError, match=r"text_normalization.json: not the JSON object that the pipeline"):
         TorchPredictor.from_dir(tmp_path / "models", batch_size=2)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_predictor_divides_the_logits_by_the_saved_temperature(tiny_bert_dir, tmp_path):
+    models = tiny_trained_model(tiny_bert_dir, tmp_path / "models")
+    texts = ["$AAPL beats estimates", "Fed holds rates", "$TSLA deliveries miss estimates, shares slide"]
+    model, tokenizer, _, temperature = load_classifier(models)
+    assert temperature == TINY_TEMPERATURE
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
+    probabilities = TorchPredictor.from_dir(models, batch_size=2).predict_proba(texts)
+    np.testing.assert_allclose(probabilities, softmax(logits / TINY_TEMPERATURE, axis=1), atol=1e-5, rtol=0)
+    assert np.abs(probabilities - softmax(logits, axis=1)).max() > 1e-2  # T does change them
+
+
+def test_a_model_folder_without_its_calibration_stops_the_evaluate_stage_on_one_line(tiny_bert_dir, tmp_path):
+    tiny_trained_model(tiny_bert_dir, tmp_path / "models")
+    (tmp_path / "models" / CALIBRATION_FILE).unlink()
+    with pytest.raises(FinsentError, match=r"calibration.json: missing; every model folder has the temp"):
+        TorchPredictor.from_dir(tmp_path / "models", batch_size=2)
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    evaluate = ["models", "validation.jsonl", str(BEHAVIOUR_CASES), "validation.json", "plots"]
+    result = run([*stage_script("evaluate.py"), *evaluate], cwd=tmp_path, env=SOURCE_ENV, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: models/calibration.json: missing; every model folder has the temperature the train stage "
+        "fitted on dev (run `dvc repro`)\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["models", "params.yaml"]

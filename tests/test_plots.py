@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import (
+    BEHAVIOUR_CASES,
     PROJECT,
     SOURCE_ENV,
     commit_files,
@@ -37,6 +38,7 @@ PAGE = "dvc_plots/offline.html"
 COUNTS = "Confusion matrix (validation)"
 SHARES = "Confusion matrix, share of each actual class (validation; recall on the diagonal)"
 CURVES = "Precision-recall, one panel per class (validation, one vs rest)"
+RELIABILITY = "Reliability (validation, 15 confidence bins)"
 # dvclive's files for the two training plots, so that every plot of dvc.yaml has data.
 TRAINING_CURVES = {
     "metrics/train/plots/metrics/dev/macro_f1.tsv": "step\tmacro_f1\n0\t0.61\n1\t0.72\n",
@@ -133,7 +135,13 @@ def evaluated_repo(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
     (repo / "data/raw").mkdir(parents=True)
     (repo / "data/raw/validation.jsonl").write_bytes(to_jsonl(validation))
     tiny_trained_model(tiny_bert_dir, repo / "models")
-    evaluate = ["models", "data/raw/validation.jsonl", "metrics/validation.json", "plots"]
+    evaluate = [
+        "models",
+        "data/raw/validation.jsonl",
+        str(BEHAVIOUR_CASES),
+        "metrics/validation.json",
+        "plots",
+    ]
     run([*stage_script("evaluate.py"), *evaluate], cwd=repo, env=SOURCE_ENV)
     files = {".gitignore": "/models\n/data\n", **with_project_plots(), **TRAINING_CURVES}
     commit_files(repo, files, "evaluated")
@@ -159,7 +167,12 @@ def test_precision_recall_table_holds_each_class_curve_and_average_precision():
 
 def test_evaluate_writes_the_predictions_and_the_long_precision_recall_table(evaluated_repo):
     plots = evaluated_repo / "plots"
-    assert sorted(path.name for path in plots.iterdir()) == ["precision_recall.csv", "predictions.csv"]
+    assert sorted(path.name for path in plots.iterdir()) == [
+        "behaviour_failures.csv",
+        "precision_recall.csv",
+        "predictions.csv",
+        "reliability.csv",
+    ]
     predictions = pd.read_csv(plots / "predictions.csv")
     assert list(predictions.columns) == ["id", "actual", "predicted", "p_Bearish", "p_Bullish", "p_Neutral"]
     assert len(predictions) == 200
@@ -184,7 +197,14 @@ def test_page_draws_every_plot_readably_and_references_nothing_outside(evaluated
     assert "cdn" not in page.lower()
 
     svgs = plot_svgs(page)
-    assert list(svgs) == [COUNTS, SHARES, CURVES, "Dev macro-F1 by epoch", "Loss by epoch (train and dev)"]
+    assert list(svgs) == [
+        COUNTS,
+        SHARES,
+        CURVES,
+        "Dev macro-F1 by epoch",
+        "Loss by epoch (train and dev)",
+        RELIABILITY,
+    ]
     for svg in svgs.values():  # drawn marks (cells, lines), not an empty frame
         marks = [
             g for g in groups(svg, "role-mark") if {"mark-rect", "mark-line"} & set(g.get("class").split())
@@ -242,7 +262,13 @@ def small_repo(tmp_path) -> Path:
     curves = "class,recall,precision,average_precision\n" + "".join(
         f"{name},1.0,0.5,0.75\n{name},0.0,1.0,0.75\n" for name in LABELS
     )
-    data = {"plots/predictions.csv": predictions, "plots/precision_recall.csv": curves, **TRAINING_CURVES}
+    reliability = "bin,confidence,accuracy,count\n10,0.65,0.5,2\n15,0.98,1.0,1\n"
+    data = {
+        "plots/predictions.csv": predictions,
+        "plots/precision_recall.csv": curves,
+        "plots/reliability.csv": reliability,
+        **TRAINING_CURVES,
+    }
     commit_files(repo, {**with_project_plots(), **data}, "main")
     return repo
 

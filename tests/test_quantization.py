@@ -7,6 +7,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from scipy.special import softmax
 from transformers import AutoTokenizer
 
+from finsent.calibration import save_temperature
 from finsent.data import SOURCE_FILES, read_source_csv
 from finsent.export import export_onnx
 from finsent.modeling import load_base_model
@@ -74,6 +75,7 @@ def exported_pair(folder, architecture, calibration_texts):
     """A tiny classifier, smoothed, exported to folder/model.onnx and quantized to folder/model_int8.onnx."""
     model, tokenizer = tiny_classifier(folder / "checkpoint", architecture)
     save_text_processing(folder, tokenizer, TextNormalization())
+    save_temperature(folder, 1.0)
     smooth_activations(model, tokenizer, calibration_texts, alpha=0.8)
     export_onnx(model, tokenizer, folder / "model.onnx")
     quantize_int8(folder / "model.onnx", folder / "model_int8.onnx", tokenizer, calibration_texts)

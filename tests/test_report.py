@@ -28,8 +28,9 @@ PLOTS = {  # title: image
     ),
     "Dev macro-F1 by epoch": "dev-macro-f1-by-epoch.png",
     "Loss by epoch (train and dev)": "loss-by-epoch-train-and-dev.png",
+    "Reliability (validation, 15 confidence bins)": "reliability-validation-15-confidence-bins.png",
 }
-COUNTS, _, CURVES, DEV_F1, _ = PLOTS
+COUNTS, _, CURVES, DEV_F1, _, _ = PLOTS
 LEAD_LINES = 25
 
 
@@ -51,6 +52,7 @@ def revision_files(predictions, learning_rate: str, dev_f1: float, int8_agreemen
         "metrics/train/plots/metrics/dev/log_loss.tsv": "step\tlog_loss\n0\t0.8\n1\t0.75\n",
         "plots/predictions.csv": predictions.to_csv(index=False),
         "plots/precision_recall.csv": curves,
+        "plots/reliability.csv": f"bin,confidence,accuracy,count\n12,0.78,{validation_f1},300\n",
     }
 
 

@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from sklearn.metrics import log_loss
+from transformers import AutoTokenizer
 
-from finsent.config import TrainParams
-from finsent.training import classification_loss
+from finsent.calibration import load_temperature
+from finsent.config import LoraParams, TrainParams
+from finsent.data import SOURCE_FILES, read_source_csv
+from finsent.modeling import save_classifier
+from finsent.predictors import TorchPredictor
+from finsent.text import TextNormalization
+from finsent.tokenization import tokenize_frame
+from finsent.training import calibrate_on_dev, classification_loss, train_classifier
 
 # Train with 6 Neutral, 3 Bullish, 1 Bearish rows: "balanced" weights are 10 / (3 * count).
 TRAIN = Dataset.from_dict({"label": [2] * 6 + [1] * 3 + [0]})
@@ -25,6 +33,7 @@ def train_params(**changes) -> TrainParams:
         "label_smoothing": 0.0,
         "focal_gamma": 0.0,
         "seed": 0,
+        "cpu_bf16": False,
     }
     return TrainParams(**(values | changes))
 
@@ -78,3 +87,36 @@ def test_focal_loss_keeps_the_class_weights():
     expected = ((1 - p_true) ** 2 * ce * weight).sum() / weight.sum()
     params = train_params(focal_gamma=2.0, class_weights="balanced")
     assert loss_of(params, logits, labels) == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_the_temperature_fitted_on_dev_is_saved_and_gives_the_calibrated_dev_log_loss(
+    tiny_bert_dir, small_mirror, tmp_path
+):
+    tweets = read_source_csv(small_mirror / SOURCE_FILES["train"])
+    train_rows, dev_rows = tweets.iloc[:400], tweets.iloc[400:520]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    normalize = TextNormalization()
+    trainer, summary = train_classifier(
+        tiny_bert_dir,
+        LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto"),
+        train_params(epochs=1, batch_size=16),
+        tokenize_frame(train_rows, tokenizer, normalize),
+        tokenize_frame(dev_rows, tokenizer, normalize),
+        tokenizer,
+    )
+    calibration = calibrate_on_dev(trainer, tokenize_frame(dev_rows, tokenizer, normalize))
+    # Dev's logits in dev's order: at T = 1, the log-loss that chose the epoch.
+    assert calibration["dev_log_loss_before"] == pytest.approx(summary["dev"]["log_loss"], abs=1e-5)
+    assert calibration["dev_log_loss_after"] <= calibration["dev_log_loss_before"]
+    assert calibration["temperature"] != pytest.approx(1.0, abs=1e-3)
+
+    save_classifier(
+        trainer.model, tokenizer, normalize, calibration["temperature"], "tiny", tiny_bert_dir, tmp_path
+    )
+    assert load_temperature(tmp_path) == calibration["temperature"]
+    probabilities = TorchPredictor.from_dir(tmp_path, batch_size=32).predict_proba(dev_rows["text"].tolist())
+    labels = dev_rows["label"].astype(int).to_numpy()
+    assert log_loss(labels, probabilities, labels=[0, 1, 2]) == pytest.approx(
+        calibration["dev_log_loss_after"], abs=1e-4
+    )

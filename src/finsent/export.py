@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
+from finsent.calibration import save_temperature
 from finsent.config import PROBABILITY_COLUMNS, ExportParams, MinAgreement
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
@@ -153,13 +154,15 @@ def check_agreement(metrics: dict, batch_sizes: dict[str, list[int]], min_agreem
 def write_onnx_models(
     reference: TorchPredictor, out_dir: Path, calibration_texts: list[str], params: ExportParams
 ) -> None:
-    """`reference` as ONNX fp32 and int8 in `out_dir`, with its tokenizer and text normalisation.
+    """`reference` as ONNX fp32 and int8 in `out_dir`, with its tokenizer, text normalisation and
+    temperature (the ONNX models give logits: predictors apply T).
 
     The int8 model is quantized from a smoothed copy (unless `params.smoothing_alpha` is None); both the
     smoothing and the int8 activation ranges are calibrated on `params.calibration_texts` texts spread
     evenly over `calibration_texts`. Smooths `reference`'s model in place (unless alpha is None).
     """
     save_text_processing(out_dir, reference.tokenizer, reference.normalize)
+    save_temperature(out_dir, reference.temperature)
     model = reference.model
     fp32_file, int8_file = out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"]
     progress(f"exporting {fp32_file.name}")

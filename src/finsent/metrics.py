@@ -19,16 +19,50 @@ SELECTION_METRIC = "macro_f1"
 """What chooses a model on dev (an epoch, a sweep's params): Neutral is two thirds of the data."""
 DEV_METRICS = ("macro_f1", "accuracy", "log_loss")
 """The dev metrics the train stage logs at each epoch and keeps for the chosen one."""
+CALIBRATION_BINS = 15
+"""Equal-width confidence bins of the expected calibration error, as Guo et al. (2017) count them: a
+constant, so that every ECE the pipeline reports is comparable with every other."""
+
+
+def reliability_bins(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """Each non-empty confidence bin: `bin` (1 to CALIBRATION_BINS), mean `confidence` (the top
+    probability), `accuracy` (share of its rows whose top class is the label) and `count` of rows.
+
+    Bin b holds confidences in ((b - 1) / CALIBRATION_BINS, b / CALIBRATION_BINS]. Written here:
+    scikit-learn's calibration_curve is for binary classifiers only.
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
+    rows = pd.DataFrame(
+        {
+            "bin": np.digitize(confidence, edges[1:-1], right=True) + 1,
+            "confidence": confidence,
+            "correct": correct,
+        }
+    )
+    table = rows.groupby("bin").agg(
+        confidence=("confidence", "mean"), accuracy=("correct", "mean"), count=("correct", "size")
+    )
+    return table.reset_index()
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean gap between accuracy and confidence over the bins of `reliability_bins`, weighted by rows."""
+    bins = reliability_bins(labels, probabilities)
+    return float((bins["count"] * (bins["accuracy"] - bins["confidence"]).abs()).sum() / bins["count"].sum())
 
 
 def headline_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro-F1 (the headline: Neutral is two thirds of the data), weighted-F1, log-loss."""
+    """Accuracy, macro-F1 (the headline: Neutral is two thirds of the data), weighted-F1, log-loss and
+    expected calibration error."""
     predicted = probabilities.argmax(axis=1)
     return {
         "macro_f1": float(f1_score(labels, predicted, labels=_CLASS_IDS, average="macro")),
         "accuracy": float(accuracy_score(labels, predicted)),
         "weighted_f1": float(f1_score(labels, predicted, labels=_CLASS_IDS, average="weighted")),
         "log_loss": float(log_loss(labels, probabilities, labels=_CLASS_IDS)),
+        "expected_calibration_error": expected_calibration_error(labels, probabilities),
     }
 
 

@@ -16,6 +16,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from finsent.calibration import load_temperature, save_temperature
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.text import TextNormalization, load_text_processing, save_text_processing
@@ -119,18 +120,21 @@ def save_classifier(
     model: PeftModel | PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     normalize: TextNormalization,
+    temperature: float,
     checkpoint: str,
     checkpoint_dir: Path,
     out_dir: Path,
 ) -> None:
     """Write all that prediction needs, hub or no hub: base weights, adapter and head, tokenizer and the
-    text normalisation before it. `checkpoint` is the base model's name as params.yaml gives it, and
+    text normalisation before it, and the temperature that calibrates the probabilities after it
+    (`finsent.calibration`). `checkpoint` is the base model's name as params.yaml gives it, and
     `checkpoint_dir` the folder it resolved to.
 
     A fully fine-tuned model (LoRA off) is saved whole as the base, with no adapter.
     """
     base_dir = out_dir / BASE_SUBDIR
     save_text_processing(out_dir, tokenizer, normalize)
+    save_temperature(out_dir, temperature)
     if not isinstance(model, PeftModel):
         model.save_pretrained(base_dir)
         return
@@ -160,8 +164,8 @@ def save_classifier(
 
 def load_classifier(
     model_dir: Path,
-) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase, TextNormalization]:
-    """Reload what `save_classifier` wrote, ready for inference."""
+) -> tuple[PeftModel | PreTrainedModel, PreTrainedTokenizerBase, TextNormalization, float]:
+    """Reload what `save_classifier` wrote, ready for inference: model, tokenizer, normalisation, T."""
     model_dir = Path(model_dir)
     if not (model_dir / BASE_SUBDIR / "config.json").is_file():
         raise FinsentError(f"{model_dir}: no trained model here ({BASE_SUBDIR}/config.json is missing)")
@@ -169,4 +173,4 @@ def load_classifier(
     if (model_dir / "adapter_config.json").is_file():
         model = PeftModel.from_pretrained(model, model_dir)
     model.eval()
-    return model, *load_text_processing(model_dir)
+    return model, *load_text_processing(model_dir), load_temperature(model_dir)

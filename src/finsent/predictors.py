@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
+from finsent.calibration import load_temperature
 from finsent.config import LABELS, Backend
 from finsent.errors import FinsentError
 from finsent.text import TextNormalization, load_text_processing
@@ -19,13 +20,15 @@ ONNX_FILES: dict[str, str] = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int
 class Predictor:
     """The classifier on one runtime, in batches of texts of similar length (little padding is wasted).
 
-    Texts are normalised as in training (`TextNormalization`, saved with the model). Subclasses give the
-    logits of one batch; predict_proba puts the results back in input order.
+    Texts are normalised as in training (`TextNormalization`, saved with the model), and the logits
+    divided by the temperature fitted on dev (`finsent.calibration`, saved with it too) before the
+    softmax. Subclasses give the logits of one batch; predict_proba puts the results back in input order.
     """
 
-    def __init__(self, batch_size: int, normalize: TextNormalization):
+    def __init__(self, batch_size: int, normalize: TextNormalization, temperature: float):
         self.batch_size = batch_size
         self.normalize = normalize
+        self.temperature = temperature
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         """Logits, shape (len(texts), len(LABELS)), of one batch."""
@@ -38,7 +41,8 @@ class Predictor:
         probabilities = np.empty((len(texts), len(LABELS)), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
-            probabilities[rows] = softmax(self.batch_logits([texts[i] for i in rows]), axis=-1)
+            logits = self.batch_logits([texts[i] for i in rows])
+            probabilities[rows] = softmax(logits / self.temperature, axis=-1)
         return probabilities
 
 
@@ -48,8 +52,8 @@ class TorchPredictor(Predictor):
     load (peft's merge_and_unload): the same function, without the adapters' extra products at every
     layer."""
 
-    def __init__(self, model, tokenizer, batch_size: int, normalize: TextNormalization):
-        super().__init__(batch_size, normalize)
+    def __init__(self, model, tokenizer, batch_size: int, normalize: TextNormalization, temperature: float):
+        super().__init__(batch_size, normalize, temperature)
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
@@ -59,10 +63,10 @@ class TorchPredictor(Predictor):
         from finsent.modeling import load_classifier, peft_wrapping_quietly
 
         with peft_wrapping_quietly():
-            model, tokenizer, normalize = load_classifier(model_dir)
+            model, tokenizer, normalize, temperature = load_classifier(model_dir)
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()  # the base model, in eval mode as loaded
-        return cls(model, tokenizer, batch_size, normalize)
+        return cls(model, tokenizer, batch_size, normalize, temperature)
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -82,7 +86,7 @@ class OnnxPredictor(Predictor):
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
         self.tokenizer, normalize = load_text_processing(model_file.parent)
-        super().__init__(batch_size, normalize)
+        super().__init__(batch_size, normalize, load_temperature(model_file.parent))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])

@@ -25,6 +25,7 @@ from transformers import (
     set_seed,
 )
 
+from finsent.calibration import fit_temperature, scaled_log_loss
 from finsent.config import LABELS, DistillParams, LoraParams, TrainParams
 from finsent.distributed import shared_tempdir
 from finsent.metrics import DEV_METRICS, SELECTION_METRIC, headline_metrics
@@ -295,3 +296,16 @@ def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.nd
     result = np.empty_like(logits)
     result[order] = logits
     return result
+
+
+def calibrate_on_dev(trainer: Trainer, dev_set: Dataset) -> dict[str, float]:
+    """The temperature fitted on the dev logits of `trainer.model` (the chosen epoch's), and dev's
+    log-loss before (T = 1) and after. Every process of a launch computes it, on every dev row."""
+    logits = predict_logits(trainer, dev_set, trainer.args.per_device_eval_batch_size)
+    labels = np.asarray(dev_set["label"])
+    temperature = fit_temperature(logits, labels)
+    return {
+        "temperature": temperature,
+        "dev_log_loss_before": scaled_log_loss(logits, labels, 1.0),
+        "dev_log_loss_after": scaled_log_loss(logits, labels, temperature),
+    }
