@@ -1,0 +1,391 @@
+"""finsent-score on a real Ray: a cluster of two one-CPU nodes on this machine (Ray's own cluster_utils,
+as Ray tests itself), a tiny exported model, real files of each format, real kills and interrupts."""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import MIRROR, OFFLINE_ENV, SOURCE_ENV, finsent_command, tiny_trained_model
+
+from finsent.config import LABELS, PROBABILITY_COLUMNS, ExportParams
+from finsent.errors import FinsentError
+from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
+from finsent.serving.bulk_scoring import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
+from finsent.serving.model_version import model_version
+
+UNIT_ROWS = 250
+BIG_ROWS = 6_000
+"""Rows of big.parquet: enough units that an actor can be killed, or the command interrupted, midway."""
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """What every Ray process of this module runs with: on 127.0.0.1 only (Ray's setting for a machine
+    without clusters, which its cluster_utils still joins nodes under), with this module's own token,
+    no usage report, and the package from this checkout in each worker."""
+    env = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **SOURCE_ENV,
+        **OFFLINE_ENV,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)  # before ray is imported: it reads some of these once
+        yield
+
+
+@pytest.fixture(scope="module")
+def cluster_address(ray_env) -> str:
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    try:
+        cluster.add_node(**node)
+        assert cluster.address.startswith("127.0.0.1:")
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+def validation() -> pd.DataFrame:
+    frame = pd.read_csv(MIRROR / "sent_valid.csv", dtype={"text": str}, keep_default_na=False)
+    return pd.DataFrame({"id": [f"tweet-{i}" for i in range(len(frame))], "text": frame["text"]})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A folder with a tiny model (models/, exported/) and the validation split cut into three files,
+    one of each format, one of them in a subfolder."""
+    from finsent.export import write_onnx_models
+
+    project = tmp_path_factory.mktemp("bulk")
+    tiny_trained_model(tiny_bert_dir, project / "models")
+    (project / "exported").mkdir()
+    frame = validation()
+    write_onnx_models(
+        TorchPredictor.from_dir(project / "models", 32),
+        project / "exported",
+        frame["text"].tolist()[:64],
+        # min_agreement: the export stage's gate, which write_onnx_models does not apply.
+        ExportParams(
+            batch_size=32,
+            smoothing_alpha=None,
+            calibration_texts=64,
+            min_agreement={"onnx_fp32": 0.01, "onnx_int8": 0.01},
+        ),
+    )
+    (project / "in" / "more").mkdir(parents=True)
+    frame.iloc[:900].to_csv(project / "in" / "a.csv", index=False)
+    pq.write_table(
+        pa.Table.from_pandas(frame.iloc[900:1600], preserve_index=False),
+        project / "in" / "b.parquet",
+        row_group_size=200,
+    )
+    frame.iloc[1600:].to_json(project / "in" / "more" / "c.jsonl", orient="records", lines=True)
+    big = pd.concat([frame] * (BIG_ROWS // len(frame) + 1)).iloc[:BIG_ROWS]
+    big["id"] = [f"big-{i}" for i in range(BIG_ROWS)]
+    big.to_parquet(project / "big.parquet", row_group_size=1000)
+    return project
+
+
+def score_command(*args: str) -> list[str]:
+    return [*finsent_command("serving.bulk_scoring"), *args]
+
+
+def start_scoring(project: Path, *args: str, **popen) -> subprocess.Popen:
+    """The command as a user runs it, in the environment `ray_env` sets."""
+    return subprocess.Popen(
+        score_command(*args),
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def score_in_process(project: Path, monkeypatch, *args: str) -> None:
+    """finsent-score's main() in this process: for runs that fail, or find nothing to do, before Ray."""
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["finsent-score", *args])
+    main()
+
+
+def unit_files(folder: Path) -> dict[str, int]:
+    """The output files and the modification time of each."""
+    return {path.name: path.stat().st_mtime_ns for path in folder.glob("*.parquet")}
+
+
+def rows_in_name(name: str) -> tuple[int, int]:
+    start, stop = re.search(r"rows-(\d+)-(\d+)\.parquet$", name).groups()
+    return int(start), int(stop)
+
+
+def map_workers() -> list[psutil.Process]:
+    """This session's Ray Data actors: its clusters are its children, or its commands'."""
+    return [
+        process
+        for process in psutil.Process().children(recursive=True)
+        if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::MapWorker")
+    ]
+
+
+def wait_for_a_new_unit(folder: Path, command: subprocess.Popen, before: int = 0) -> None:
+    """Wait until `command` has written more than `before` units in `folder`."""
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("*.parquet"))) <= before:
+        assert command.poll() is None, command.communicate()
+        assert time.monotonic() < deadline, "no unit written in 60 s"
+        time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """One command run twice into one folder: interrupted by Ctrl-C, then run to the end."""
+
+    args: list[str]
+    interrupted_stderr: str
+    interrupted_exit: int
+    after_interruption: dict[str, int]
+    """The unit files and their modification times after the interruption."""
+    stdout: str
+    killed: int
+    """The pid of the actor killed midway through the second run."""
+
+
+@pytest.fixture(scope="module")
+def runs(project, ray_env, cluster_address) -> Runs:
+    """Every input (given as a glob, files and a folder) scored on the two-node cluster: interrupted
+    by SIGINT to the command's process group (Ctrl-C in a terminal) once the first unit is written,
+    then run again with one of its two actors killed once it has written another unit."""
+    args = ["in/*.csv", "in/b.parquet", "in/more", "big.parquet", "-o", "out", "--id-column", "id"]
+    args += ["--unit-rows", str(UNIT_ROWS), "--address", cluster_address]
+    first = start_scoring(project, *args, start_new_session=True)
+    wait_for_a_new_unit(project / "out", first)
+    os.killpg(first.pid, signal.SIGINT)
+    _, interrupted_stderr = first.communicate(timeout=60)
+    after_interruption = unit_files(project / "out")
+
+    second = start_scoring(project, *args)
+    wait_for_a_new_unit(project / "out", second, before=len(after_interruption))
+    victim = map_workers()[0]
+    victim.kill()
+    stdout, stderr = second.communicate(timeout=120)
+    assert second.returncode == 0, stderr
+    return Runs(args, interrupted_stderr, first.returncode, after_interruption, stdout, victim.pid)
+
+
+ALL_ROWS = 2_388 + BIG_ROWS
+
+
+def test_ctrl_c_leaves_only_whole_files(project, runs):
+    assert runs.interrupted_exit == 1
+    assert "Traceback" not in runs.interrupted_stderr
+    assert runs.interrupted_stderr.splitlines()[-1] == (
+        "error: interrupted: the files in out are whole; the same command scores the rest"
+    )
+    assert 0 < len(runs.after_interruption) < ALL_ROWS // UNIT_ROWS
+    for name in runs.after_interruption:  # still there, as the interruption left them: whole
+        start, stop = rows_in_name(name)
+        assert pd.read_parquet(project / "out" / name)["input_row"].tolist() == list(range(start, stop))
+
+
+def test_the_rerun_scores_only_the_rest_on_both_nodes(project, runs):
+    before = sum(stop - start for start, stop in map(rows_in_name, runs.after_interruption))
+    # Ray's own line on the killed worker may come first.
+    assert re.fullmatch(
+        rf"{ALL_ROWS - before:,} texts scored \({before:,} scored before\) in [\d.]+ s, [\d.]+ texts/s "
+        r"\(workers: 2, nodes: 2\): out",
+        runs.stdout.splitlines()[-1],
+    )
+    now = unit_files(project / "out")
+    assert {name: now[name] for name in runs.after_interruption} == runs.after_interruption
+    assert not list((project / "out").glob(".*"))  # no staging file left
+
+
+def test_the_actor_killed_midway_was_replaced(runs):
+    assert not psutil.pid_exists(runs.killed)
+    assert "A worker died or was killed" in runs.stdout  # Ray restarted it and retried its units
+
+
+def test_every_row_once_with_the_int8_models_probabilities(project, runs):
+    out = pd.read_parquet(project / "out")
+    assert list(out.columns) == [*SOURCE_COLUMNS, "id", "label", *PROBABILITY_COLUMNS, "model_version"]
+    expected_ids = [*validation()["id"], *(f"big-{i}" for i in range(BIG_ROWS))]
+    assert sorted(out["id"]) == sorted(expected_ids)  # each once
+    assert set(out["model_version"]) == {model_version(project / "exported")}
+    assert '"complete": true' in (project / "out" / MANIFEST).read_text()
+    # Each file holds its unit's rows, scored exactly as the predictor scores those texts.
+    predictor = OnnxPredictor(project / "exported" / ONNX_FILES["onnx_int8"], 32)
+    texts = validation().set_index("id")["text"]
+    small_units = sorted(path for path in (project / "out").glob("*.parquet") if "big" not in path.name)
+    assert len(small_units) == 4 + 3 + 4  # 900, 700 and 788 rows
+    for path in small_units:
+        unit = pd.read_parquet(path)
+        start, stop = rows_in_name(path.name)
+        assert unit["input_row"].tolist() == list(range(start, stop))
+        expected = predictor.predict_proba(texts[unit["id"]].tolist())
+        np.testing.assert_allclose(unit[list(PROBABILITY_COLUMNS)].to_numpy(), expected, atol=1e-6)
+        assert unit["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]
+
+
+def test_rerun_of_a_finished_folder_scores_nothing_and_touches_nothing(
+    project, ray_env, runs, monkeypatch, capsys
+):
+    before = unit_files(project / "out")
+    score_in_process(project, monkeypatch, *runs.args)
+    assert re.fullmatch(
+        rf"0 texts scored \({ALL_ROWS:,} scored before\) in [\d.]+ s.*\n", capsys.readouterr().out
+    )
+    assert unit_files(project / "out") == before
+
+
+BAD_INPUTS = [
+    ("nowhere.csv", None, "{given}: no such file or folder"),
+    (
+        "notes.txt",
+        b"text\nhello\n",
+        "{path}: not a Parquet, CSV or JSONL file (suffixes: .parquet, .pq, .csv, .jsonl, .ndjson)",
+    ),
+    (
+        "bad.parquet",
+        b"not parquet",
+        "{path}: not a readable Parquet file (Parquet magic bytes not found "
+        "in footer. Either the file is corrupted or this is not a parquet file.)",
+    ),
+    ("bad.csv", b"id,tweet\n1,hello\n", "{path}: missing column 'text' (columns: id, tweet)"),
+    (
+        "bad.csv",
+        b"id,text\n1,ok\n2,a,b\n",
+        "{path}: not a readable CSV file (CSV parse error: Expected 2 columns, got 3: 2,a,b)",
+    ),
+    (
+        "bad.csv",
+        b"id,text\n1,caf\xe9\n",
+        "{path}: not a readable CSV file (In CSV column #1: CSV conversion "
+        "error to string: invalid UTF8 data)",
+    ),
+    ("bad.csv", b'id,text\n1,ok\n2,"  "\n', "{path}: row 2: empty or only whitespace"),
+    (
+        "bad.jsonl",
+        b'{"id": 1, "text": "ok"}\n{"id": 2, "text": 3}\n',
+        "{path}: not a readable JSONL file "
+        "(JSON parse error: Column(/text) changed from string to number in row 1)",
+    ),
+    ("bad.jsonl", b'{"id": 1, "text": 1}\n', "{path}: row 1: column 'text' is not a string"),
+    (
+        "bad.jsonl",
+        b'{"id": 1, "text": "ok"}\n{"id": 2, "text": "ok"}\n{"id": 3, "text": "\\t"}\n',
+        "{path}: row 3: empty or only whitespace",
+    ),
+    ("bad.csv", b"id,text\n", "no rows to classify: every input file is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_INPUTS)
+def test_bad_input_is_refused_in_one_line_before_anything_is_written(
+    project, ray_env, tmp_path, monkeypatch, name, content, message
+):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    given = str(tmp_path / name) if content is not None else name
+    with pytest.raises(FinsentError) as error:
+        score_in_process(project, monkeypatch, given, "-o", str(tmp_path / "out"))
+    assert str(error.value) == message.format(given=given, path=tmp_path / name)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_null_text_in_parquet_and_a_missing_id_column_are_named(project, ray_env, tmp_path, monkeypatch):
+    pq.write_table(pa.table({"id": [1, 2], "text": ["ok", None]}), tmp_path / "nulls.parquet")
+    with pytest.raises(FinsentError, match=r"nulls\.parquet: row 2: column 'text' is not a string$"):
+        score_in_process(project, monkeypatch, str(tmp_path / "nulls.parquet"), "-o", str(tmp_path / "out"))
+    with pytest.raises(FinsentError, match=r"b\.parquet: missing column 'tweet_id' \(columns: id, text\)$"):
+        score_in_process(project, monkeypatch, "in/b.parquet", "--id-column", "tweet_id", "-o", "unused")
+    with pytest.raises(FinsentError, match=r"empty: no Parquet, CSV or JSONL file here"):
+        (tmp_path / "empty").mkdir()
+        score_in_process(project, monkeypatch, str(tmp_path / "empty"), "-o", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    assert not (project / "unused").exists()
+
+
+def test_an_output_folder_of_another_model_or_of_something_else_is_refused(
+    project, ray_env, runs, tmp_path, monkeypatch
+):
+    other_model = tmp_path / "exported"
+    shutil.copytree(project / "exported", other_model)
+    with (other_model / "text_normalization.json").open("a") as file:
+        file.write("\n")  # the same model to load, other bytes: another version
+    before = unit_files(project / "out")
+    with pytest.raises(FinsentError) as error:
+        score_in_process(project, monkeypatch, *runs.args, "--exported-dir", str(other_model))
+    assert str(error.value) == (
+        f"out: holds the results of another run (model_version '{model_version(project / 'exported')}' "
+        f"there, '{model_version(other_model)}' here); score into another output folder"
+    )
+    assert unit_files(project / "out") == before
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not finsent-score's")
+    with pytest.raises(FinsentError) as error:
+        score_in_process(project, monkeypatch, "in/a.csv", "-o", str(tmp_path / "mine"))
+    assert str(error.value) == (
+        f"{tmp_path / 'mine'}: not empty, and no finsent-score output ({MANIFEST} is missing); "
+        "give a new or empty folder"
+    )
+    assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_missing_model_is_one_line_and_leaves_the_folder_to_the_next_run(
+    project, ray_env, tmp_path, monkeypatch
+):
+    """The folder records the job before the model is loaded; with no unit written, a run with another
+    model may take it over."""
+    for attempt in ("nowhere", "nowhere-either"):
+        with pytest.raises(FinsentError) as error:
+            score_in_process(
+                project, monkeypatch, "in/a.csv", "-o", str(tmp_path / "out"), "--exported-dir", attempt
+            )
+        assert str(error.value).startswith(
+            f"{project / attempt / ONNX_FILES['onnx_int8']}: no exported model here"
+        )
+    assert [path.name for path in (tmp_path / "out").iterdir()] == [MANIFEST]
+
+
+def test_an_id_column_named_as_an_output_column_is_a_usage_error(project, ray_env, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        score_in_process(project, monkeypatch, "in/a.csv", "-o", "unused", "--id-column", "label")
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: argument --id-column: the output has a column 'label' of its own\n"
+    )
+
+
+def test_without_ray_the_command_says_how_to_install_it(project, tmp_path):
+    """One line and exit status 1, from the console command as installed (ray made unimportable)."""
+    without_ray = "import sys; sys.modules['ray'] = None; from finsent.serving.bulk_scoring import cli; cli()"
+    result = subprocess.run(
+        [sys.executable, "-c", without_ray, "in/a.csv", "-o", str(tmp_path / "out")],
+        cwd=project,
+        env={**os.environ, **SOURCE_ENV},
+        capture_output=True,
+        text=True,
+    )
+    assert (result.returncode, result.stderr) == (1, f"error: {RAY_MISSING}\n")
+    assert not (tmp_path / "out").exists()
