@@ -1,4 +1,5 @@
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -91,8 +92,10 @@ def test_focal_loss_keeps_the_class_weights():
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_the_temperature_fitted_on_dev_is_saved_and_gives_the_calibrated_dev_log_loss(
-    tiny_bert_dir, small_mirror, tmp_path
+    tiny_bert_dir, small_mirror, tmp_path, monkeypatch
 ):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # checkpoints, and predictions' folder
+    (tmp_path / "tmp").mkdir()
     tweets = read_source_csv(small_mirror / SOURCE_FILES["train"])
     train_rows, dev_rows = tweets.iloc[:400], tweets.iloc[400:520]
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
@@ -110,12 +113,14 @@ def test_the_temperature_fitted_on_dev_is_saved_and_gives_the_calibrated_dev_log
     assert calibration["dev_log_loss_before"] == pytest.approx(summary["dev"]["log_loss"], abs=1e-5)
     assert calibration["dev_log_loss_after"] <= calibration["dev_log_loss_before"]
     assert calibration["temperature"] != pytest.approx(1.0, abs=1e-3)
+    assert not list((tmp_path / "tmp").iterdir())  # no Trainer folder left behind
 
+    models = tmp_path / "models"
     save_classifier(
-        trainer.model, tokenizer, normalize, calibration["temperature"], "tiny", tiny_bert_dir, tmp_path
+        trainer.model, tokenizer, normalize, calibration["temperature"], "tiny", tiny_bert_dir, models
     )
-    assert load_temperature(tmp_path) == calibration["temperature"]
-    probabilities = TorchPredictor.from_dir(tmp_path, batch_size=32).predict_proba(dev_rows["text"].tolist())
+    assert load_temperature(models) == calibration["temperature"]
+    probabilities = TorchPredictor.from_dir(models, batch_size=32).predict_proba(dev_rows["text"].tolist())
     labels = dev_rows["label"].astype(int).to_numpy()
     assert log_loss(labels, probabilities, labels=[0, 1, 2]) == pytest.approx(
         calibration["dev_log_loss_after"], abs=1e-4

@@ -283,16 +283,20 @@ def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.nd
     """
     order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
     columns = [name for name in dataset.column_names if name != TEACHER_LOGITS]
-    args = dataclasses.replace(
-        trainer.args,
-        train_sampling_strategy="sequential",
-        per_device_eval_batch_size=batch_size,
-        eval_strategy="no",
-        save_strategy="no",
-        load_best_model_at_end=False,
-    )
-    predictor = Trainer(model=trainer.model, args=args, data_collator=trainer.data_collator)
-    logits = predictor.predict(dataset.select(order).select_columns(columns)).predictions
+    # A Trainer makes its output folder (on rank 0) even to predict: one of its own, removed after,
+    # rather than the training run's again, which train_classifier has removed.
+    with shared_tempdir(prefix="finsent-predict-") as folder:
+        args = dataclasses.replace(
+            trainer.args,
+            output_dir=folder,
+            train_sampling_strategy="sequential",
+            per_device_eval_batch_size=batch_size,
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+        )
+        predictor = Trainer(model=trainer.model, args=args, data_collator=trainer.data_collator)
+        logits = predictor.predict(dataset.select(order).select_columns(columns)).predictions
     result = np.empty_like(logits)
     result[order] = logits
     return result
