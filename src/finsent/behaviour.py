@@ -145,8 +145,9 @@ def score_cases(cases: list[Case], predictor: Predictor) -> tuple[dict[str, floa
         got = predicted[start : start + len(case.texts)]
         start += len(case.texts)
         expected = case.labels or (got[0],) * len(got)
-        passed[case.kind].append(tuple(got) == expected)
-        if not passed[case.kind][-1]:
+        right = tuple(got) == expected
+        passed[case.kind].append(right)
+        if not right:
             failures += [(case.kind, case.name, *row) for row in zip(case.texts, expected, got, strict=True)]
     rates = {kind: float(np.mean(results)) for kind, results in passed.items()}
     rates["overall"] = float(np.mean([result for results in passed.values() for result in results]))
