@@ -11,6 +11,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 CODE = [*PROJECT.glob("src/finsent/**/*.py"), *PROJECT.glob("stages/*.py"), *PROJECT.glob("scripts/*.py")]
+# The project's own modules: the package, and the scripts, which import each other from scripts/.
+OWN_MODULES = {"finsent", *(path.stem for path in PROJECT.glob("scripts/*.py"))}
 
 
 def installed_by(requirements: list[str]) -> set[str]:
@@ -61,7 +63,7 @@ def test_every_import_is_installed_by_requirements_txt_or_an_optional_extra():
     missing = {
         f"{file.relative_to(PROJECT)}: {module}"
         for file in CODE
-        for module in imported_modules(file) - set(sys.stdlib_module_names) - {"finsent"}
+        for module in imported_modules(file) - set(sys.stdlib_module_names) - OWN_MODULES
         if not {canonicalize_name(name) for name in providers.get(module, [])} & runtime
     }
     assert not missing, (
