@@ -257,7 +257,7 @@ def test_rerun_of_a_finished_folder_scores_nothing_and_touches_nothing(
     assert unit_files(project / "out") == before
 
 
-BAD_INPUTS = [
+BAD_INPUTS = [  # (file name, content, message): one ending in "(" is followed by pyarrow's reason
     ("nowhere.csv", None, "{given}: no such file or folder"),
     (
         "notes.txt",
@@ -267,27 +267,24 @@ BAD_INPUTS = [
     (
         "bad.parquet",
         b"not parquet",
-        "{path}: not a readable Parquet file (Parquet magic bytes not found "
-        "in footer. Either the file is corrupted or this is not a parquet file.)",
+        "{path}: not a readable Parquet file (",
     ),
     ("bad.csv", b"id,tweet\n1,hello\n", "{path}: missing column 'text' (columns: id, tweet)"),
     (
         "bad.csv",
         b"id,text\n1,ok\n2,a,b\n",
-        "{path}: not a readable CSV file (CSV parse error: Expected 2 columns, got 3: 2,a,b)",
+        "{path}: not a readable CSV file (",
     ),
     (
         "bad.csv",
         b"id,text\n1,caf\xe9\n",
-        "{path}: not a readable CSV file (In CSV column #1: CSV conversion "
-        "error to string: invalid UTF8 data)",
+        "{path}: not a readable CSV file (",
     ),
     ("bad.csv", b'id,text\n1,ok\n2,"  "\n', "{path}: row 2: empty or only whitespace"),
     (
         "bad.jsonl",
         b'{"id": 1, "text": "ok"}\n{"id": 2, "text": 3}\n',
-        "{path}: not a readable JSONL file "
-        "(JSON parse error: Column(/text) changed from string to number in row 1)",
+        "{path}: not a readable JSONL file (",
     ),
     ("bad.jsonl", b'{"id": 1, "text": 1}\n', "{path}: row 1: column 'text' is not a string"),
     (
@@ -308,7 +305,12 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(
     given = str(tmp_path / name) if content is not None else name
     with pytest.raises(FinsentError) as error:
         score_in_process(project, monkeypatch, given, "-o", str(tmp_path / "out"))
-    assert str(error.value) == message.format(given=given, path=tmp_path / name)
+    expected = message.format(given=given, path=tmp_path / name)
+    if expected.endswith("("):
+        assert str(error.value).startswith(expected) and str(error.value).endswith(")")
+    else:
+        assert str(error.value) == expected
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
 
 
