@@ -285,6 +285,7 @@ def bad_predictions(original: str, content: str | None, path):
         "reorder": lines[0] + lines[2] + lines[1] + "".join(lines[3:]),
         "drop": "".join(lines[:-1]),
         "nan": lines[0] + lines[1].rsplit(",", 1)[0] + ",nan\n" + "".join(lines[2:]),
+        "ragged": lines[0] + lines[1].rstrip("\n") + ",\n" + "".join(lines[2:]),
     }
     if content is not None:
         path.write_text(spoiled.get(content, content))
@@ -295,7 +296,8 @@ def bad_predictions(original: str, content: str | None, path):
     ("content", "problem"),
     [
         (None, "no such file (run `dvc repro evaluate`)"),
-        ("", "not a readable CSV (No columns to parse from file)"),
+        ("", "empty, not even a header"),
+        ("ragged", "line 2: field count 7, the header's 6"),
         ("id,p_Bearish,p_Bullish\n", "no column p_Neutral (run `dvc repro evaluate`)"),
         ("reorder", "its rows are not the validation split's, in its order ({n} rows against {n}; run "),
         ("drop", "its rows are not the validation split's, in its order ({m} rows against {n}; run "),

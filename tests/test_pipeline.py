@@ -47,7 +47,9 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_ru
     assert teacher["train"]["id"].tolist() == train_rows["id"].tolist()
     assert teacher["augmented"]["copy"].value_counts().to_dict() == {0: len(train_rows), 1: len(train_rows)}
     teacher_metrics = json.loads((repo / "metrics/teacher.json").read_text())
-    assert set(teacher_metrics) >= {"dev", "validation", "best_epoch", "train", "labelling"}
+    # Outcomes only: the speed is in the stage's log.
+    assert set(teacher_metrics) == {"dev", "validation", "best_epoch", "train"}
+    assert set(teacher_metrics["train"]) == {"loss", "trainable_parameters"}
     tokenized = pq.read_table(repo / "data/tokenized/train.parquet").to_pandas()
     assert len(tokenized) == 2 * len(train_rows)
     assert (tokenized["label"][len(train_rows) :] == -100).all()

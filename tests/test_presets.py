@@ -62,7 +62,7 @@ def test_overrides_are_single_words_in_hydras_grammar():
             "presets/typo.yaml: train.learning_rat: not a key of params.yaml",
         ),
         ("empty", "", "presets/empty.yaml: not a mapping of params.yaml sections to values"),
-        ("broken", "train: [\n", "presets/broken.yaml: not valid YAML"),
+        ("broken", "train: [\n", "presets/broken.yaml, line 2: expected the node content"),
     ],
 )
 def test_a_bad_preset_is_one_line(tmp_path, name, content, message):

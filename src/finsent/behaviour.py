@@ -16,11 +16,9 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from ruamel.yaml import YAML, YAMLError
-from ruamel.yaml.error import MarkedYAMLError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from finsent.config import LABELS, Label
+from finsent.config import LABELS, Label, read_yaml, validated
 from finsent.errors import FinsentError
 from finsent.predictors import Predictor
 
@@ -69,30 +67,8 @@ class _CaseFile(_Section):
     directional: list[Annotated[dict[Label, Text], AfterValidator(_a_pair)]] = Field(min_length=1)
 
 
-def _location(loc: tuple) -> str:
-    """A pydantic error's location as the cases are named: `directional[3].Bullish`."""
-    parts = [f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc if part != "[key]"]
-    return "".join(parts).lstrip(".")
-
-
 def _read(path: Path) -> _CaseFile:
-    try:
-        raw = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FinsentError(f"{path}: file not found") from None
-    except UnicodeDecodeError as error:
-        raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
-    except MarkedYAMLError as error:
-        raise FinsentError(f"{path}, line {error.problem_mark.line + 1}: {error.problem}") from None
-    except YAMLError as error:
-        raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
-    try:
-        return _CaseFile.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = _location(first["loc"])
-        problem = "missing" if first["type"] == "missing" else first["msg"]
-        raise FinsentError(f"{path}: {where}: {problem}" if where else f"{path}: {problem}") from None
+    return validated(_CaseFile, read_yaml(path), path)
 
 
 def _variants(path: Path, name: str, template: str, fillers: dict[str, list[str]]) -> tuple[str, ...]:

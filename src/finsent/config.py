@@ -1,10 +1,11 @@
 """Typed access to params.yaml: every knob of the pipeline, validated, with errors naming the key."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.error import MarkedYAMLError
 
 from finsent.errors import FinsentError
 
@@ -17,6 +18,9 @@ PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in LABELS)
 BACKENDS = ("onnx_int8", "onnx_fp32", "pytorch")
 """The runtimes a trained model is served on: ONNX Runtime (exported int8 or fp32) or PyTorch."""
 Backend = Literal[BACKENDS]
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -174,27 +178,43 @@ distils; sweeps compare them.
 """
 
 
-def load_params(path: Path = Path("params.yaml")) -> Params:
-    """Read and validate params.yaml.
+def read_yaml(path: Path):
+    """The content of a YAML file; what makes it unreadable, as one FinsentError naming the file.
 
     ruamel.yaml reads YAML 1.2, so `1e-3` (as `dvc exp run -S` writes it) is a float; PyYAML would
     read it as a string (treeverse/dvc#5971).
     """
     try:
-        raw = YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
+        return YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FinsentError(f"{path}: file not found") from None
     except UnicodeDecodeError as error:
         raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
+    except MarkedYAMLError as error:
+        raise FinsentError(f"{path}, line {error.problem_mark.line + 1}: {error.problem}") from None
     except YAMLError as error:
         raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+
+
+def validated(model: type[ModelT], raw, path: Path) -> ModelT:
+    """`raw` as a `model`, or a FinsentError naming the file and the first bad key, as
+    `params.yaml: train.epochs: missing` or `cases.yaml: directional[3].Bullish: ...`."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        parts = [
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"] if part != "[key]"
+        ]
+        where = "".join(parts).lstrip(".")
+        problem = "missing" if first["type"] == "missing" else first["msg"]
+        raise FinsentError(f"{path}: {where}: {problem}" if where else f"{path}: {problem}") from None
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    """Read and validate params.yaml."""
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise FinsentError(f"{path}: not a mapping of sections (data, model, tokenize, ...)")
     raw.pop("serve", None)  # not a pipeline param: finsent.serving.settings reads it
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        problem = "missing" if first["type"] == "missing" else first["msg"]
-        raise FinsentError(f"{path}: {key}: {problem}") from None
+    return validated(Params, raw, path)

@@ -13,9 +13,8 @@ wins over the preset's.
 import argparse
 from pathlib import Path
 
-from ruamel.yaml import YAML, YAMLError
-
 from finsent.cli import run_cli
+from finsent.config import read_yaml
 from finsent.errors import FinsentError
 from finsent.experiments.sweep_summary import flatten
 
@@ -30,11 +29,7 @@ def preset_values(
     if not file.is_file():
         known = ", ".join(sorted(path.stem for path in presets_dir.glob("*.yaml"))) or "none"
         raise FinsentError(f"{file}: no such preset (presets: {known})")
-    try:
-        values = YAML(typ="safe").load(file.read_text(encoding="utf-8"))
-        params = flatten(YAML(typ="safe").load(params_file.read_text(encoding="utf-8")))
-    except YAMLError as error:
-        raise FinsentError(f"{file}: not valid YAML ({error.__class__.__name__})") from None
+    values, params = read_yaml(file), flatten(read_yaml(params_file) or {})
     if not isinstance(values, dict) or not values:
         raise FinsentError(f"{file}: not a mapping of params.yaml sections to values")
     flat = flatten(values)
