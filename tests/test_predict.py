@@ -301,3 +301,17 @@ def test_a_10_mb_line_is_classified_in_little_memory(exported_project, tmp_path)
     extra_mib = (max_rss_kib(tmp_path, tmp_path / "long.txt") - baseline) / 1024
     assert extra_mib < 200, f"{extra_mib:.0f} MiB more than for a short line"
     assert len((tmp_path / "long.out.jsonl").read_text().splitlines()) == 1
+
+
+def test_help_needs_no_settings_and_a_bad_serve_section_is_one_line_when_predicting(tmp_path):
+    # A bad serve section concerns the run, not `--help`.
+    (tmp_path / "params.yaml").write_text("serve:\n  max_texts: lots\n")
+    status, stdout, _ = predict(tmp_path, "--help")
+    assert status == 0
+    assert "usage: finsent-predict" in stdout
+    status, _, stderr = predict(tmp_path, "Fed holds rates", check=False)
+    assert status == 1
+    assert stderr == (
+        "error: serve setting max_texts (flag, FINSENT_SERVE_MAX_TEXTS or params.yaml serve.max_texts): "
+        "Input should be a valid integer, unable to parse string as an integer\n"
+    )

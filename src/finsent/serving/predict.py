@@ -153,7 +153,7 @@ def positive_int(value: str) -> int:
 
 
 def main() -> None:
-    settings = load_serve_settings()
+    # Flags first, settings after (flags override them): `--help` and a bad flag need no settings.
     parser = argparse.ArgumentParser(
         prog="finsent-predict",
         description="Classify finance tweets as Bearish, Bullish or Neutral: texts given as arguments, "
@@ -175,18 +175,25 @@ def main() -> None:
         "-b",
         "--backend",
         choices=BACKENDS,
-        default=settings.backend,
-        help=f"runtime and model (default: {settings.backend}): ONNX from --exported-dir "
+        help=f"runtime and model (default: serve.backend): ONNX from --exported-dir "
         f"({', '.join(ONNX_FILES.values())}), PyTorch from --model-dir",
     )
-    parser.add_argument("--model-dir", type=Path, default=settings.model_dir, help="train stage output")
+    parser.add_argument("--model-dir", type=Path, help="train stage output (default: serve.model_dir)")
+    parser.add_argument("--exported-dir", type=Path, help="export stage output (default: serve.exported_dir)")
     parser.add_argument(
-        "--exported-dir", type=Path, default=settings.exported_dir, help="export stage output"
+        "--batch-size", type=positive_int, help="texts a model run, at most (default: serve.batch_size)"
     )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=settings.batch_size, help="texts a model run, at most"
+    parser.epilog = (
+        "Defaults come from FINSENT_SERVE_<SETTING>, else params.yaml's serve section, else the built-in "
+        "default (finsent/serving/settings.py)."
     )
     args = parser.parse_args()
+    settings = load_serve_settings(
+        backend=args.backend,
+        model_dir=args.model_dir,
+        exported_dir=args.exported_dir,
+        batch_size=args.batch_size,
+    )
 
     if args.texts and args.input_file:
         parser.error("give texts as arguments or --input-file, not both")
@@ -215,7 +222,9 @@ def main() -> None:
         "csv" if args.output and args.output.suffix.lower() == ".csv" else "jsonl"
     )
 
-    predictor = load_predictor(args.backend, args.model_dir, args.exported_dir, args.batch_size)
+    predictor = load_predictor(
+        settings.backend, settings.model_dir, settings.exported_dir, settings.batch_size
+    )
     show_progress = args.input_file is not None and len(texts) > PROGRESS_MIN_ROWS
     with tqdm(total=len(texts), unit="text", disable=not show_progress, file=sys.stderr) as progress:
         chunks = []
