@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from finsent.behaviour import KINDS
 from finsent.cli import run_cli
 from finsent.config import LABELS
 from finsent.errors import FinsentError
@@ -86,7 +87,18 @@ def results_markdown(root: Path = Path()) -> str:
             for name in LABELS
         ),
     ]
-    return "\n".join([BEGIN, "", *rows, "", *classes, "", END])
+    behaviour = validation["behaviour"]
+    checks = [
+        "| served model, checks | PyTorch | int8 ONNX, as served |",
+        "|---|---|---|",
+        f"| expected calibration error, validation (15 bins; temperature "
+        f"{train['calibration']['temperature']:.3f} fitted on dev) "
+        f"| {validation['expected_calibration_error']:.4f} | {int8['expected_calibration_error']:.4f} |",
+        "| behavioural tests passed (`data/behaviour.yaml`): "
+        + ", ".join(f"{kind.replace('_', ' ')} {behaviour[kind]:.0%}" for kind in KINDS)
+        + f" | {behaviour['overall']:.1%} | |",
+    ]
+    return "\n".join([BEGIN, "", *rows, "", *classes, "", *checks, "", END])
 
 
 def replace_block(text: str, block: str, source: str) -> str:
