@@ -41,6 +41,6 @@ lint: install-dev
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
-# Everything but the end-to-end DVC runs (the `slow` marker), without the install and lint steps.
+# Everything but the end-to-end runs (the `slow` marker), without the install and lint steps.
 test-fast:
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow"

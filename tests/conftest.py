@@ -1,8 +1,12 @@
 """Shared fixtures: tiny random models built from configs, slices of the real data, a pipeline copy."""
 
+import contextlib
+import io
 import os
 import re
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from filelock import FileLock
 from ruamel.yaml import YAML
 
 from finsent.config import LABELS
@@ -26,9 +31,17 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end DVC tests (marked slow) first: pytest-xdist hands out test files in this order,
-    so the longest ones start at once, on both workers, instead of ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The order in which pytest-xdist hands out test files: the end-to-end tests (marked slow) first,
+    so that the longest ones start at once, on both workers, instead of ending the run alone; then one
+    file that uses `exported_project`, whose worker builds it while the other runs the files that need
+    no such fixture; the other files that use it last, when it is there to read."""
+    users = [item.path for item in items if "exported_project" in item.fixturenames]
+
+    def order(item) -> tuple[bool, int]:
+        fixture_order = 1 if item.path not in users else 0 if item.path == users[0] else 2
+        return item.get_closest_marker("slow") is None, fixture_order
+
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +155,29 @@ def repro(repo: Path, *args: str, env: dict | None = None) -> set[str]:
 
 def stage_script(name: str) -> list[str]:
     return [sys.executable, str(PROJECT / "stages" / name)]
+
+
+def stage_here(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python stages/<name> args` in `cwd`, run in this process: its exit status, stdout and stderr.
+    For the runs that stop on bad input: the stage's own code, without a Python start-up and its
+    imports for each case (`stage_script` runs it as a process; every stage runs so somewhere)."""
+    script = PROJECT / "stages" / name
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = os.getcwd(), sys.argv, signal.getsignal(signal.SIGTERM)  # run_cli sets its own SIGTERM
+    try:
+        os.chdir(cwd)
+        sys.argv = [str(script), *args]
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+                code = 0
+            except SystemExit as exit_status:
+                code = exit_status.code or 0
+    finally:
+        os.chdir(saved[0])
+        sys.argv = saved[1]
+        signal.signal(signal.SIGTERM, saved[2])
+    return subprocess.CompletedProcess(sys.argv, code, stdout.getvalue(), stderr.getvalue())
 
 
 def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mirror: Path) -> Path:
@@ -322,10 +358,25 @@ def evaluate_stage(project: Path) -> None:
 @pytest.fixture(scope="session")
 def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
     """A project folder after train (a tiny model) and the real evaluate and export stages, with small
-    serve limits."""
+    serve limits; read-only to the tests. Built once a test session: the first xdist worker to need it
+    builds it in the folder that all workers' temporary folders share, the others wait for it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's temporary folder is one of this folder's
+    project = shared / "exported-project"
+    with FileLock(shared / "exported-project.lock"):
+        if not project.exists():
+            staging = shared / "exported-project.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            build_exported_project(staging, tiny_bert_dir, small_mirror)
+            staging.rename(project)
+    return project
+
+
+def build_exported_project(project: Path, tiny_bert_dir: Path, small_mirror: Path) -> Path:
     from finsent.data import to_jsonl
 
-    project = tmp_path_factory.mktemp("exported-project")
+    project.mkdir()
     shutil.copy(PROJECT / "params.yaml", project / "params.yaml")
     # A random tiny model's int8 copy is far off (its weights are no trained model's): no int8 threshold.
     edit_params(project, export__min_agreement__onnx_int8=0.01, serve__max_texts=4, serve__max_text_chars=50)

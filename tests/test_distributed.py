@@ -103,6 +103,7 @@ def two(project):
     return train(project, "two", 2)
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_set_of_outputs(one, two):
     result, cwd = two
     # Trainer, on rank 0: each process took half of every batch of 16.
@@ -118,6 +119,7 @@ def test_two_processes_write_one_set_of_outputs(one, two):
     assert files(cwd) == files(one[1])
 
 
+@pytest.mark.slow
 def test_two_processes_score_as_one_does(one, two):
     single, double = (json.loads((cwd / "metrics/train/metrics.json").read_text()) for _, cwd in (one, two))
     # Two processes group the rows by length within their own shares and draw other dropout masks:
@@ -133,6 +135,7 @@ def test_two_processes_score_as_one_does(one, two):
     assert double["dev"] != single["dev"]  # two processes did train differently: no 1-process run
 
 
+@pytest.mark.slow
 def test_failure_on_one_rank_fails_the_launch_and_leaves_nothing(project, tmp_path):
     script = tmp_path / "failing_train.py"
     script.write_text(FAILING_STAGE.format(stage=str(PROJECT / "stages" / "train.py")))
@@ -143,6 +146,7 @@ def test_failure_on_one_rank_fails_the_launch_and_leaves_nothing(project, tmp_pa
     assert files(cwd) == {"params.yaml", "tmp"}
 
 
+@pytest.mark.slow
 def test_batch_not_split_evenly_stops_before_any_launch(project):
     cwd = project / "uneven"
     cwd.mkdir()

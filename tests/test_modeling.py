@@ -7,10 +7,8 @@ import torch
 from conftest import (
     BEHAVIOUR_CASES,
     PROJECT,
-    SOURCE_ENV,
     TINY_TEMPERATURE,
-    run,
-    stage_script,
+    stage_here,
     tiny_checkpoint,
     tiny_trained_model,
 )
@@ -192,7 +190,7 @@ def test_a_model_folder_without_its_calibration_stops_the_evaluate_stage_on_one_
         TorchPredictor.from_dir(tmp_path / "models", batch_size=2)
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     evaluate = ["models", "validation.jsonl", str(BEHAVIOUR_CASES), "validation.json", "plots"]
-    result = run([*stage_script("evaluate.py"), *evaluate], cwd=tmp_path, env=SOURCE_ENV, check=False)
+    result = stage_here("evaluate.py", *evaluate, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == (
         "error: models/calibration.json: missing; every model folder has the temperature the train stage "

@@ -12,7 +12,7 @@ import shutil
 import zipfile
 
 import pytest
-from conftest import MINILM, PROJECT, edit_params, run, stage_script
+from conftest import MINILM, PROJECT, edit_params, run, stage_here, stage_script
 
 from finsent import pretrained
 from finsent.errors import FinsentError
@@ -172,9 +172,17 @@ def test_checkpoint_resolution_order(tmp_path):
     ],
     ids=["missing", "empty", "broken-json", "no-model-type", "no-weights", "no-tokenizer"],
 )
-def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path, setup, message):
+def test_a_local_folder_that_is_no_model_is_named_with_what_it_lacks(tmp_path, setup, message):
     folder = tmp_path / "my-model"
     setup(folder)
+    with pytest.raises(FinsentError) as error:
+        resolve_pretrained(str(folder), "main")
+    assert str(error.value) == f"model.checkpoint '{folder}': {message}"
+
+
+def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path):
+    """The stage as dvc.yaml runs it, for one of the cases above: one line, exit status 1, no output."""
+    folder = tmp_path / "my-model"
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, model__checkpoint=str(folder))
     (tmp_path / "raw").mkdir()
@@ -182,16 +190,16 @@ def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path, 
         [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
     )
     assert result.returncode == 1
-    assert result.stderr == f"error: model.checkpoint '{folder}': {message}\n"
+    assert result.stderr == (
+        f"error: model.checkpoint '{folder}': no such folder (and not a hub name, owner/name)\n"
+    )
     assert not (tmp_path / "tokenized").exists()
 
 
 def test_tokenize_without_the_raw_splits_is_one_line(tmp_path, tiny_bert_dir):
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, model__checkpoint=str(tiny_bert_dir))
-    result = run(
-        [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
-    )
+    result = stage_here("tokenize_splits.py", "raw", "teacher", "tokenized", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == (
         "error: raw/train.jsonl: missing (the download stage writes it: `dvc repro download`)\n"
@@ -203,9 +211,7 @@ def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, model__checkpoint="nobody/no-such-model")
     (tmp_path / "raw").mkdir()
-    result = run(
-        [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
-    )
+    result = stage_here("tokenize_splits.py", "raw", "teacher", "tokenized", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
     assert result.stderr.count("\n") == 1
