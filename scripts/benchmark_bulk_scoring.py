@@ -1,7 +1,8 @@
 """Bulk scoring speed: the same texts scored by `finsent-predict` in one process and by `finsent-score` on
 a local Ray over this machine's cores; with --address, also on that Ray cluster; with a CUDA GPU, also by
-finsent-score's PyTorch backend on it. Each command is timed end to end as a user runs it (start-up,
-model loading, reading and writing included) on one CSV file of the split's texts repeated to --texts.
+finsent-score's PyTorch backend on it (and its ONNX fp32 one where onnxruntime-gpu is installed). Each
+command is timed end to end as a user runs it (start-up, model loading, reading and writing included) on
+one CSV file of the split's texts repeated to --texts.
 Prints a Markdown table: texts/s of each run, and its ratio to finsent-predict's.
 
     PYTHONPATH=src python scripts/benchmark_bulk_scoring.py    # after `dvc repro export`
@@ -40,10 +41,15 @@ def timed(command: list[str]) -> tuple[float, str]:
     return seconds, result.stdout
 
 
-def gpu_present() -> bool:
+def gpu_backends() -> list[str]:
+    """The backends that finsent-score can run on this machine's GPU: none without one; PyTorch, and
+    ONNX fp32 where the onnxruntime installed is its CUDA build (onnxruntime-gpu)."""
+    import onnxruntime
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return []
+    return ["pytorch"] + ["onnx_fp32"] * ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
 
 
 def main() -> None:
@@ -84,14 +90,9 @@ def main() -> None:
         if args.address:
             cluster = [*score, "-o", str(scratch / "cluster"), "--address", args.address]
             commands[f"finsent-score, cluster {args.address}"] = cluster
-        if gpu_present():
-            commands["finsent-score, 1 GPU (pytorch)"] = [
-                *score,
-                "-o",
-                str(scratch / "gpu"),
-                "--gpus-per-worker",
-                "1",
-            ]
+        for backend in gpu_backends():
+            gpu_run = [*score, "-o", str(scratch / f"gpu-{backend}"), "--gpus-per-worker", "1", "-b", backend]
+            commands[f"finsent-score, 1 GPU ({backend})"] = gpu_run
         results = {}
         for name, command in commands.items():
             seconds, stdout = timed(command)

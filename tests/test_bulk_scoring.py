@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pandas as pd
 import psutil
 import pyarrow as pa
@@ -27,7 +28,7 @@ from finsent.serving.bulk_scoring import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, 
 from finsent.serving.model_version import model_version
 
 UNIT_ROWS = 250
-BIG_ROWS = 6_000
+BIG_ROWS = 60_000
 """Rows of big.parquet: enough units that an actor can be killed, or the command interrupted, midway."""
 
 
@@ -199,6 +200,7 @@ def runs(project, ray_env, cluster_address) -> Runs:
 ALL_ROWS = 2_388 + BIG_ROWS
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_only_whole_files(project, runs):
     assert runs.interrupted_exit == 1
     assert "Traceback" not in runs.interrupted_stderr
@@ -211,6 +213,7 @@ def test_ctrl_c_leaves_only_whole_files(project, runs):
         assert pd.read_parquet(project / "out" / name)["input_row"].tolist() == list(range(start, stop))
 
 
+@pytest.mark.slow
 def test_the_rerun_scores_only_the_rest_on_both_nodes(project, runs):
     before = sum(stop - start for start, stop in map(rows_in_name, runs.after_interruption))
     # Ray's own line on the killed worker may come first.
@@ -224,11 +227,13 @@ def test_the_rerun_scores_only_the_rest_on_both_nodes(project, runs):
     assert not list((project / "out").glob(".*"))  # no staging file left
 
 
+@pytest.mark.slow
 def test_the_actor_killed_midway_was_replaced(runs):
     assert not psutil.pid_exists(runs.killed)
     assert "A worker died or was killed" in runs.stdout  # Ray restarted it and retried its units
 
 
+@pytest.mark.slow
 def test_every_row_once_with_the_int8_models_probabilities(project, runs):
     out = pd.read_parquet(project / "out")
     assert list(out.columns) == [*SOURCE_COLUMNS, "id", "label", *PROBABILITY_COLUMNS, "model_version"]
@@ -250,6 +255,7 @@ def test_every_row_once_with_the_int8_models_probabilities(project, runs):
         assert unit["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_folder_scores_nothing_and_touches_nothing(
     project, ray_env, runs, monkeypatch, capsys
 ):
@@ -331,6 +337,7 @@ def test_a_null_text_in_parquet_and_a_missing_id_column_are_named(project, ray_e
     assert not (project / "unused").exists()
 
 
+@pytest.mark.slow
 def test_an_output_folder_of_another_model_or_of_something_else_is_refused(
     project, ray_env, runs, tmp_path, monkeypatch
 ):
@@ -371,6 +378,22 @@ def test_a_missing_model_is_one_line_and_leaves_the_folder_to_the_next_run(
         assert str(error.value).startswith(
             f"{project / attempt / ONNX_FILES['onnx_int8']}: no exported model here"
         )
+    assert [path.name for path in (tmp_path / "out").iterdir()] == [MANIFEST]
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in onnxruntime.get_available_providers(), reason="onnxruntime-gpu installed"
+)
+def test_an_onnx_backend_on_gpus_without_onnxruntimes_cuda_build_is_one_line_before_ray_starts(
+    project, ray_env, tmp_path, monkeypatch
+):
+    with pytest.raises(FinsentError) as error:
+        arguments = ["in/a.csv", "-o", str(tmp_path / "out"), "--backend", "onnx_fp32"]
+        score_in_process(project, monkeypatch, *arguments, "--gpus-per-worker", "1")
+    assert str(error.value) == (
+        "the ONNX backends on a GPU need ONNX Runtime's CUDA provider, which this onnxruntime lacks: "
+        f"install onnxruntime-gpu=={onnxruntime.__version__} in place of onnxruntime"
+    )
     assert [path.name for path in (tmp_path / "out").iterdir()] == [MANIFEST]
 
 

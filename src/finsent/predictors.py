@@ -57,7 +57,7 @@ class TorchPredictor(Predictor):
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
-    def from_dir(cls, model_dir: Path, batch_size: int) -> "TorchPredictor":
+    def from_dir(cls, model_dir: Path, batch_size: int, device: str = "cpu") -> "TorchPredictor":
         from peft import PeftModel  # torch and peft load only for this backend
 
         from finsent.modeling import load_classifier, peft_wrapping_quietly
@@ -66,7 +66,7 @@ class TorchPredictor(Predictor):
             model, tokenizer, normalize, temperature = load_classifier(model_dir)
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()  # the base model, in eval mode as loaded
-        return cls(model, tokenizer, batch_size, normalize, temperature)
+        return cls(model.to(device), tokenizer, batch_size, normalize, temperature)
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -78,18 +78,24 @@ class TorchPredictor(Predictor):
 
 
 class OnnxPredictor(Predictor):
-    """An exported model on ONNX Runtime (CPU), tokenized exactly as the PyTorch backend tokenizes."""
+    """An exported model on ONNX Runtime, tokenized exactly as the PyTorch backend tokenizes.
 
-    def __init__(self, model_file: Path, batch_size: int, threads: int = 0):
+    On `device` "cuda" it runs on ONNX Runtime's CUDA provider, which the GPU build of ONNX Runtime
+    (the onnxruntime-gpu package, installed in place of onnxruntime) has; ONNX Runtime runs any node
+    that provider has no kernel for on the CPU.
+    """
+
+    def __init__(self, model_file: Path, batch_size: int, threads: int = 0, device: str = "cpu"):
         import onnxruntime
 
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
+        providers = onnx_providers(device)
         self.tokenizer, normalize = load_text_processing(model_file.parent)
         super().__init__(batch_size, normalize, load_temperature(model_file.parent))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(model_file, options, providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
@@ -98,20 +104,40 @@ class OnnxPredictor(Predictor):
         return logits
 
 
+def onnx_providers(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for `device`, in the order it tries them for each node."""
+    import onnxruntime
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise FinsentError(
+            "the ONNX backends on a GPU need ONNX Runtime's CUDA provider, which this onnxruntime "
+            f"lacks: install onnxruntime-gpu=={onnxruntime.__version__} in place of onnxruntime"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def load_predictor(
-    backend: Backend, model_dir: Path, exported_dir: Path, batch_size: int, threads: int = 0
+    backend: Backend,
+    model_dir: Path,
+    exported_dir: Path,
+    batch_size: int,
+    threads: int = 0,
+    device: str = "cpu",
 ) -> Predictor:
     """The classifier on `backend`: PyTorch reads the train stage's `model_dir`, ONNX the export stage's.
 
     `threads`: the cores one model run may use; 0 leaves the runtime's default (every core).
+    `device`: "cpu", or "cuda" for the (first visible) CUDA GPU.
     """
     if backend == "pytorch":
         if threads:
             import torch
 
             torch.set_num_threads(threads)  # for the whole process: PyTorch has no per-model setting
-        return TorchPredictor.from_dir(Path(model_dir), batch_size)
-    return OnnxPredictor(Path(exported_dir) / ONNX_FILES[backend], batch_size, threads)
+        return TorchPredictor.from_dir(Path(model_dir), batch_size, device)
+    return OnnxPredictor(Path(exported_dir) / ONNX_FILES[backend], batch_size, threads, device)
 
 
 def model_folder(backend: Backend, model_dir: Path, exported_dir: Path) -> Path:

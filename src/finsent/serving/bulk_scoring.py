@@ -36,7 +36,7 @@ from finsent.atomic import atomic_file
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
-from finsent.predictors import load_predictor, model_folder
+from finsent.predictors import load_predictor, model_folder, onnx_providers
 from finsent.serving.model_version import model_version
 from finsent.serving.predict import positive_int
 from finsent.serving.settings import load_serve_settings
@@ -292,12 +292,8 @@ def scored_table(
 class UnitScorer:
     """A Ray actor: loads the model once, then reads, classifies and writes each unit it is handed."""
 
-    def __init__(
-        self, model: dict, version: str, device: str | None, output_url: str, text_column: str, id_columns
-    ):
+    def __init__(self, model: dict, version: str, output_url: str, text_column: str, id_columns):
         self.predictor = load_predictor(**model)
-        if device is not None:
-            self.predictor.model.to(device)  # the PyTorch backend; its batches follow the model's device
         self.version, self.output_url = version, output_url
         self.text_column, self.id_columns = text_column, list(id_columns)
 
@@ -476,11 +472,14 @@ def score_archive(
     started = time.perf_counter()
     texts, workers_used, nodes = 0, 0, 0
     if pending:
-        load_predictor(**model)  # a missing or broken model stops here, in one line, before Ray starts
+        # A missing or broken model stops here, in one line, before Ray starts; on the CPU: this
+        # machine may have no GPU where the actors' nodes have one. Their onnxruntime is this one.
+        load_predictor(**{**model, "device": "cpu"})
+        if model["backend"] != "pytorch":
+            onnx_providers(model["device"])
         scorer = {
             "model": model,
             "version": job["model_version"],
-            "device": "cuda" if gpus else None,
             "output_url": output_url,
             "text_column": text_column,
             "id_columns": id_columns,
@@ -533,7 +532,8 @@ def main() -> None:
         "-b",
         "--backend",
         choices=BACKENDS,
-        help=f"runtime and model (default: pytorch with --gpus-per-worker, else {settings.backend})",
+        help=f"runtime and model (default: pytorch with --gpus-per-worker, else {settings.backend}); "
+        "the ONNX ones on a GPU need onnxruntime-gpu",
     )
     parser.add_argument("--model-dir", type=Path, default=settings.model_dir, help="train stage output")
     parser.add_argument(
@@ -556,12 +556,10 @@ def main() -> None:
     )
     parser.add_argument("--cpus-per-worker", type=positive_int, default=1, help="CPUs (threads) an actor")
     parser.add_argument(
-        "--gpus-per-worker", type=float, default=0, help="GPUs an actor: the pytorch backend on CUDA"
+        "--gpus-per-worker", type=float, default=0, help="GPUs an actor: the model runs on CUDA"
     )
     args = parser.parse_args()
     backend = args.backend or ("pytorch" if args.gpus_per_worker else settings.backend)
-    if args.gpus_per_worker and backend != "pytorch":
-        parser.error("--gpus-per-worker runs the pytorch backend (this onnxruntime is its CPU build)")
     reserved = {*SOURCE_COLUMNS, "label", *PROBABILITY_COLUMNS, "model_version"}
     clash = next((name for name in args.id_column if name in reserved), None)
     if clash:
@@ -572,6 +570,7 @@ def main() -> None:
         "exported_dir": args.exported_dir.resolve(),
         "batch_size": args.batch_size,
         "threads": args.cpus_per_worker,
+        "device": "cuda" if args.gpus_per_worker else "cpu",
     }
     try:
         summary = score_archive(
