@@ -66,6 +66,8 @@ def probabilities_of(jsonl: str) -> np.ndarray:
     for row in rows:
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
         assert list(row["probabilities"]) == list(LABELS)
+        # Decimals that mean something: not float32's widened to a Python float (0.8999999761581421).
+        assert all(value == round(value, 6) for value in row["probabilities"].values())
     return np.array([list(row["probabilities"].values()) for row in rows])
 
 

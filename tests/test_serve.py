@@ -73,6 +73,7 @@ def test_predict_gives_one_result_per_text_in_order(server, image_folder):
     expected = OnnxPredictor(image_folder / "exported" / ONNX_FILES["onnx_int8"], 32).predict_proba(TEXTS)
     got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert all(value == round(value, 6) for value in got.flat)  # not float32's digits widened
     assert [p["label"] for p in body["predictions"]] == [
         ["Bearish", "Bullish", "Neutral"][i] for i in expected.argmax(axis=1)
     ]

@@ -18,6 +18,7 @@ from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
 from finsent.predictors import ONNX_FILES, load_predictor
+from finsent.serving.schemas import PROBABILITY_DECIMALS, class_probabilities
 from finsent.serving.settings import load_serve_settings
 from finsent.strict_csv import read_csv_rows
 from finsent.text import first_blank
@@ -131,12 +132,12 @@ def format_predictions(probabilities: np.ndarray, output_format: str) -> str:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["label", *PROBABILITY_COLUMNS])
         writer.writerows(
-            [label, *(f"{p:.6f}" for p in row)] for label, row in zip(labels, probabilities, strict=True)
+            [label, *(f"{p:.{PROBABILITY_DECIMALS}f}" for p in row)]
+            for label, row in zip(labels, probabilities, strict=True)
         )
         return out.getvalue()
     return "".join(
-        json.dumps({"label": label, "probabilities": dict(zip(LABELS, row.round(6).tolist(), strict=True))})
-        + "\n"
+        json.dumps({"label": label, "probabilities": class_probabilities(row)}) + "\n"
         for label, row in zip(labels, probabilities, strict=True)
     )
 

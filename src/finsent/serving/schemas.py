@@ -2,10 +2,11 @@
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
-from finsent.config import Backend, Label
+from finsent.config import LABELS, Backend, Label
 from finsent.text import first_blank
 
 MODEL_VERSION = "the first 16 hex digits of a SHA-256 over the files of the folder that the backend reads"
@@ -13,6 +14,16 @@ MODEL_VERSION = "the first 16 hex digits of a SHA-256 over the files of the fold
 # each error costs validation time on the event loop, and a body within the size limit can hold tens
 # of thousands of fields.
 MAX_FIELDS = 10
+
+
+PROBABILITY_DECIMALS = 6
+"""Decimals of a probability in an answer. The models compute in float32, good to about 7 significant
+digits: printed in full as a Python float, 0.9 in float32 reads 0.8999999761581421."""
+
+
+def class_probabilities(row: np.ndarray) -> dict[str, float]:
+    """One text's class probabilities as answers give them: by label, rounded to PROBABILITY_DECIMALS."""
+    return dict(zip(LABELS, row.astype(np.float64).round(PROBABILITY_DECIMALS).tolist(), strict=True))
 
 
 class Prediction(BaseModel):

@@ -39,6 +39,7 @@ from finsent.serving.schemas import (
     Prediction,
     PredictResponse,
     ValidationErrors,
+    class_probabilities,
     predict_request,
 )
 from finsent.serving.settings import ServeSettings, load_serve_settings
@@ -129,7 +130,7 @@ def create_app(
         except Overloaded:
             raise HTTPException(503, "overloaded, retry later", headers=RETRY_AFTER) from None
         predictions = [
-            Prediction(label=LABELS[row.argmax()], probabilities=dict(zip(LABELS, row.tolist(), strict=True)))
+            Prediction(label=LABELS[row.argmax()], probabilities=class_probabilities(row))
             for row in probabilities
         ]
         return PredictResponse(predictions=predictions, backend=backend, model_version=version)
