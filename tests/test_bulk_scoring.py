@@ -28,7 +28,7 @@ from finsent.serving.bulk_scoring import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, 
 from finsent.serving.model_version import model_version
 
 UNIT_ROWS = 250
-BIG_ROWS = 60_000
+BIG_ROWS = 20_000
 """Rows of big.parquet: enough units that an actor can be killed, or the command interrupted, midway."""
 
 
@@ -179,16 +179,21 @@ class Runs:
 def runs(project, ray_env, cluster_address) -> Runs:
     """Every input (given as a glob, files and a folder) scored on the two-node cluster: interrupted
     by SIGINT to the command's process group (Ctrl-C in a terminal) once the first unit is written,
-    then run again with one of its two actors killed once it has written another unit."""
+    then run again with one of its two actors killed once it has written another unit.
+
+    Both runs classify one text a model run (--batch-size 1, which the output does not depend on),
+    the first on one actor: the tiny model is otherwise fast enough to finish every unit before a
+    loaded machine delivers the interrupt or the kill."""
     args = ["in/*.csv", "in/b.parquet", "in/more", "big.parquet", "-o", "out", "--id-column", "id"]
     args += ["--unit-rows", str(UNIT_ROWS), "--address", cluster_address]
-    first = start_scoring(project, *args, start_new_session=True)
+    first = start_scoring(project, *args, "--batch-size", "1", "--workers", "1", start_new_session=True)
     wait_for_a_new_unit(project / "out", first)
     os.killpg(first.pid, signal.SIGINT)
     _, interrupted_stderr = first.communicate(timeout=UNIT_DEADLINE_S)
     after_interruption = unit_files(project / "out")
+    assert len(after_interruption) < ALL_ROWS / UNIT_ROWS, ("not interrupted", interrupted_stderr)
 
-    second = start_scoring(project, *args)
+    second = start_scoring(project, *args, "--batch-size", "1")
     wait_for_a_new_unit(project / "out", second, before=len(after_interruption))
     victim = map_workers()[0]
     victim.kill()
