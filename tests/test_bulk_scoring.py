@@ -111,13 +111,17 @@ def score_command(*args: str) -> list[str]:
 
 
 def start_scoring(project: Path, *args: str, **popen) -> subprocess.Popen:
-    """The command as a user runs it, in the environment `ray_env` sets."""
+    """The command as a user runs it in a terminal, in the environment `ray_env` sets. SIGINT is set
+    back to its default in the command: a test run started in the background by a shell without job
+    control (`make test &`, a CI script) inherits it ignored, and Python then never raises
+    KeyboardInterrupt."""
     return subprocess.Popen(
         score_command(*args),
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **popen,
     )
 
