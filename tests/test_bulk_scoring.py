@@ -186,8 +186,8 @@ def runs(project, ray_env, cluster_address) -> Runs:
     then run again with one of its two actors killed once it has written another unit.
 
     Both runs classify one text a model run (--batch-size 1, which the output does not depend on),
-    the first on one actor: the tiny model is otherwise fast enough to finish every unit before a
-    loaded machine delivers the interrupt or the kill."""
+    the first on one actor: the tiny model's runs last long enough that the interrupt and the kill
+    land midway whatever else the machine runs."""
     args = ["in/*.csv", "in/b.parquet", "in/more", "big.parquet", "-o", "out", "--id-column", "id"]
     args += ["--unit-rows", str(UNIT_ROWS), "--address", cluster_address]
     first = start_scoring(project, *args, "--batch-size", "1", "--workers", "1", start_new_session=True)
