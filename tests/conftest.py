@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def pytest_collection_modifyitems(items):
     users = [item.path for item in items if "exported_project" in item.fixturenames]
 
     def order(item) -> tuple[bool, int]:
-        fixture_order = 1 if item.path not in users else 0 if item.path == users[0] else 2
+        fixture_order = 0 if item.path == users[0] else 2 if item.path in users else 1
         return item.get_closest_marker("slow") is None, fixture_order
 
     items.sort(key=order)
@@ -157,27 +158,36 @@ def stage_script(name: str) -> list[str]:
     return [sys.executable, str(PROJECT / "stages" / name)]
 
 
-def stage_here(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python stages/<name> args` in `cwd`, run in this process: its exit status, stdout and stderr.
-    For the runs that stop on bad input: the stage's own code, without a Python start-up and its
-    imports for each case (`stage_script` runs it as a process; every stage runs so somewhere)."""
-    script = PROJECT / "stages" / name
+def run_here(
+    entry: Callable[[], None], argv: list[str], cwd: Path, stdin: bytes = b""
+) -> subprocess.CompletedProcess:
+    """A command's entry point called in this process as if run as `argv` in `cwd` with `stdin`: its
+    exit status, stdout and stderr. For the runs that stop on bad input: the command's own code,
+    without a Python start-up and its imports for each case; each command also runs as a real process
+    in its tests. What it changes of the process (cwd, argv, stdin, run_cli's SIGTERM handler) is put
+    back."""
     stdout, stderr = io.StringIO(), io.StringIO()
-    saved = os.getcwd(), sys.argv, signal.getsignal(signal.SIGTERM)  # run_cli sets its own SIGTERM
+    saved = os.getcwd(), sys.argv, sys.stdin, signal.getsignal(signal.SIGTERM)
     try:
         os.chdir(cwd)
-        sys.argv = [str(script), *args]
+        sys.argv, sys.stdin = argv, io.TextIOWrapper(io.BytesIO(stdin))
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
-                runpy.run_path(str(script), run_name="__main__")
+                entry()
                 code = 0
             except SystemExit as exit_status:
                 code = exit_status.code or 0
     finally:
         os.chdir(saved[0])
-        sys.argv = saved[1]
-        signal.signal(signal.SIGTERM, saved[2])
-    return subprocess.CompletedProcess(sys.argv, code, stdout.getvalue(), stderr.getvalue())
+        sys.argv, sys.stdin = saved[1], saved[2]
+        signal.signal(signal.SIGTERM, saved[3])
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
+def stage_here(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python stages/<name> args` in `cwd`, run in this process (`run_here`)."""
+    script = str(PROJECT / "stages" / name)
+    return run_here(lambda: runpy.run_path(script, run_name="__main__"), [script, *args], cwd)
 
 
 def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mirror: Path) -> Path:

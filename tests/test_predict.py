@@ -3,7 +3,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SOURCE_ENV, finsent_command
+from conftest import SOURCE_ENV, finsent_command, run_here
 
 from finsent.config import LABELS
 from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
@@ -43,22 +42,12 @@ def predict(project, *args, stdin: str | bytes | Path | None = None, check: bool
     return result.returncode, result.stdout.decode(), result.stderr.decode()
 
 
-def predict_here(project, monkeypatch, capsys, *args: str | bytes, stdin: bytes = b""):
-    """finsent-predict's console entry point in this process, for the runs that must fail: its exit
-    status, stdout and stderr. The same code as the command (`predict` runs it as one), without a
-    Python start-up and its imports for each case; an argument given as bytes arrives as Python decodes
-    a command line (lone surrogates for what is not UTF-8)."""
-    monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["finsent-predict", *map(os.fsdecode, args)])
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    sigterm = signal.getsignal(signal.SIGTERM)  # run_cli sets its own
-    try:
-        with pytest.raises(SystemExit) as exit_status:
-            cli()
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-    stdout, stderr = capsys.readouterr()
-    return exit_status.value.code, stdout, stderr
+def predict_here(project, *args: str | bytes, stdin: bytes = b""):
+    """finsent-predict's console entry point run in this process (`run_here`), for the runs that must
+    fail: its exit status, stdout and stderr. An argument given as bytes arrives as Python decodes a
+    command line (lone surrogates for what is not UTF-8)."""
+    result = run_here(cli, ["finsent-predict", *map(os.fsdecode, args)], project, stdin)
+    return result.returncode, result.stdout, result.stderr
 
 
 def probabilities_of(jsonl: str) -> np.ndarray:
@@ -210,7 +199,7 @@ def test_jsonl_file(exported_project, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
-    exported_project, tmp_path, monkeypatch, capsys, file_name, content, message
+    exported_project, tmp_path, file_name, content, message
 ):
     (tmp_path / "out.jsonl").write_text("the previous results\n")
     args = ["-o", str(tmp_path / "out.jsonl")]
@@ -218,7 +207,7 @@ def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
         (tmp_path / file_name).write_bytes(content)
         args += ["-i", str(tmp_path / file_name)]
     stdin = b"" if file_name else content
-    code, stdout, stderr = predict_here(exported_project, monkeypatch, capsys, *args, stdin=stdin)
+    code, stdout, stderr = predict_here(exported_project, *args, stdin=stdin)
     assert (code, stdout) == (1, "")
     assert stderr == message.format(path=tmp_path / (file_name or ""))
     assert (tmp_path / "out.jsonl").read_text() == "the previous results\n"
@@ -234,8 +223,8 @@ def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
     ],
     ids=["blank", "not-utf8"],
 )
-def test_a_bad_argument_is_named(exported_project, monkeypatch, capsys, args, message):
-    code, stdout, stderr = predict_here(exported_project, monkeypatch, capsys, *args)
+def test_a_bad_argument_is_named(exported_project, args, message):
+    code, stdout, stderr = predict_here(exported_project, *args)
     assert (code, stdout, stderr) == (1, "", message)
 
 
@@ -281,16 +270,16 @@ def test_the_output_is_never_the_input_file(exported_project, tmp_path, link):
     ],
     ids=["batch-size-negative", "batch-size-zero", "batch-size-not-a-number", "output-a-folder"],
 )
-def test_a_bad_flag_is_a_usage_error(exported_project, tmp_path, monkeypatch, capsys, args, message):
+def test_a_bad_flag_is_a_usage_error(exported_project, tmp_path, args, message):
     args = [arg.format(folder=tmp_path) for arg in args]
-    code, stdout, stderr = predict_here(exported_project, monkeypatch, capsys, *args, "ok")
+    code, stdout, stderr = predict_here(exported_project, *args, "ok")
     assert (code, stdout) == (2, "")
     assert stderr.splitlines()[-1] == f"finsent-predict: error: {message.format(folder=tmp_path)}"
     assert "Traceback" not in stderr
 
 
-def test_an_input_file_that_is_a_folder_is_one_line(exported_project, tmp_path, monkeypatch, capsys):
-    code, stdout, stderr = predict_here(exported_project, monkeypatch, capsys, "-i", str(tmp_path))
+def test_an_input_file_that_is_a_folder_is_one_line(exported_project, tmp_path):
+    code, stdout, stderr = predict_here(exported_project, "-i", str(tmp_path))
     assert (code, stdout, stderr) == (1, "", f"error: {tmp_path}: cannot read it (Is a directory)\n")
 
 
