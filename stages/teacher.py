@@ -16,7 +16,7 @@ from finsent.augmentation import augmented_copies
 from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
-from finsent.distillation import AUGMENTED_FILE, SPLIT_FILES, write_logits
+from finsent.distillation import AUGMENTED_FILE, SPLIT_FILES, with_mask_token, write_logits
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.pretrained import resolve_pretrained
@@ -59,7 +59,10 @@ def main() -> None:
         )
         batch = teacher.label_batch_size
         logits = {split: predict_logits(trainer, dataset, batch) for split, dataset in tokenized.items()}
-        augmented_logits = predict_logits(trainer, tokenize_frame(augmented, tokenizer, normalize), batch)
+        augmented_input = tokenize_frame(
+            with_mask_token(augmented, tokenizer.mask_token), tokenizer, normalize
+        )
+        augmented_logits = predict_logits(trainer, augmented_input, batch)
         for split, file_name in SPLIT_FILES.items():
             write_logits(staging / file_name, splits[split][["id"]], logits[split])
         write_logits(staging / AUGMENTED_FILE, augmented, augmented_logits)

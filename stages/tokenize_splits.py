@@ -32,7 +32,9 @@ def main() -> None:
     normalize = text_normalization(params.tokenize)
     train, teacher_logits = read_jsonl(args.raw_dir / "train.jsonl"), None
     if params.distill.enabled:
-        train, teacher_logits = distillation_rows(train, args.teacher_dir, params.distill)
+        train, teacher_logits = distillation_rows(
+            train, args.teacher_dir, params.distill, tokenizer.mask_token
+        )
     splits = {
         "train": tokenize_frame(train, tokenizer, normalize, teacher_logits),
         "dev": tokenize_frame(read_jsonl(args.raw_dir / "dev.jsonl"), tokenizer, normalize),

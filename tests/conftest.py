@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(items):
     users = [item.path for item in items if "exported_project" in item.fixturenames]
 
     def order(item) -> tuple[bool, int]:
-        fixture_order = 0 if item.path == users[0] else 2 if item.path in users else 1
+        fixture_order = 1 if item.path not in users else 0 if item.path == users[0] else 2
         return item.get_closest_marker("slow") is None, fixture_order
 
     items.sort(key=order)

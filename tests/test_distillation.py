@@ -1,16 +1,27 @@
 """Distillation: the augmented copies, the teacher's files and their checks, the loss."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import MIRROR, PROJECT
 from datasets import Dataset
 
-from finsent.augmentation import augmented_copies, drop_words
-from finsent.config import AugmentParams, DistillParams
-from finsent.distillation import AUGMENTED_FILE, LOGIT_COLUMNS, distillation_rows, write_logits
+from finsent.augmentation import (
+    COMPANIES,
+    augmented_copies,
+    delete_span,
+    drop_words,
+    join_halves,
+    mask_words,
+    swap_entities,
+)
+from finsent.config import AugmentParams, DistillParams, load_params
+from finsent.data import SOURCE_FILES, read_source_csv, split_dev
+from finsent.distillation import AUGMENTED_FILE, LOGIT_COLUMNS, MASK, distillation_rows, write_logits
 from finsent.errors import FinsentError
 from finsent.tokenization import NO_LABEL, TEACHER_LOGITS
 from finsent.training import DistillationCollator, classification_loss, distillation_loss, trainer_loss
@@ -34,35 +45,111 @@ def test_word_dropout_keeps_cashtags_and_at_least_one_word():
     assert drop_words(["a b c"], 1e-9, rng) == ["a b c"]
 
 
-def test_copies_are_seeded_and_copy_zero_does_not_depend_on_the_number_of_copies():
-    params = AugmentParams(copies=2, word_dropout=0.3, seed=7)
+def test_span_deletion_deletes_one_run_of_words_and_keeps_cashtags():
+    rng = np.random.default_rng(0)
+    words = ["w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9"]
+    for text in delete_span([" ".join(words)] * 20, 0.3, rng):
+        kept = text.split()
+        start = next(i for i, word in enumerate(words) if word not in kept)
+        assert kept == words[:start] + words[start + 3 :]  # 3 consecutive words gone, the rest in order
+    assert delete_span(["one"], 0.9, rng) == ["one"]
+    assert {*delete_span(["$AAPL $TSLA up"] * 20, 0.9, rng)} == {"$AAPL $TSLA", "$AAPL $TSLA up"}
+
+
+def test_masking_replaces_words_with_the_mask_and_keeps_one_word():
+    rng = np.random.default_rng(0)
+    masked = mask_words(["$AAPL beats estimates by a mile"] * 50, 0.5, rng)
+    assert all(text.split()[0] == "$AAPL" and len(text.split()) == 6 for text in masked)
+    assert {word for text in masked for word in text.split()[1:]} == {
+        *["beats", "estimates", "by", "a", "mile"],
+        MASK,
+    }
+    assert mask_words(["a b c"], 0.999, rng)[0].split().count(MASK) == 2
+
+
+def test_swap_replaces_cashtags_names_and_numbers_by_others_of_their_kind():
+    rng = np.random.default_rng(0)
+    text = "$AAPL up 12.5% as Apple tops $1,600; Q3 10-K filed"
+    swapped = swap_entities([text] * 30, 0.999, rng, ["$AAPL", "$TSLA", "$XOM"])
+    pattern = r"(\$TSLA|\$XOM) up [1-9]\d\.\d% as (?P<name>.+) tops \$[1-9],\d{3}; Q3 10-K filed"
+    for result in swapped:
+        match = re.fullmatch(pattern, result)
+        assert match, result
+        assert match["name"] in COMPANIES and match["name"] != "Apple"
+    assert len(set(swapped)) > 20
+    assert swap_entities([text], 1e-9, rng, ["$AAPL", "$TSLA"]) == [text]
+    assert swap_entities(["Applebee's and Pineapple"], 0.999, rng, ["$A"]) == ["Applebee's and Pineapple"]
+
+
+def test_join_takes_the_end_of_a_tweet_of_the_same_label():
+    texts = ["a1 a2 a3 a4", "b1 b2 b3 b4", "c1 c2 c3 c4", "alone here"]
+    joined = join_halves(texts, np.array([0, 1, 0, 2]), 0.5, np.random.default_rng(0))
+    assert joined == ["a1 a2 c3 c4", "b1 b2 b3 b4", "c1 c2 a3 a4", "alone here"]
+
+
+@pytest.mark.parametrize("method", ["word_dropout", "span_deletion", "mask", "swap", "join"])
+def test_copies_are_seeded_and_copy_zero_does_not_depend_on_the_number_of_copies(method):
+    params = AugmentParams(copies=2, method=method, rate=0.3, seed=7)
     two = augmented_copies(TRAIN, params)
     assert two["copy"].tolist() == [0, 0, 0, 1, 1, 1]
     assert two["id"].tolist() == [3, 5, 8] * 2
     assert two.equals(augmented_copies(TRAIN, params))
     one = augmented_copies(TRAIN, params.model_copy(update={"copies": 1}))
     assert one.equals(two[two["copy"] == 0])
+
+
+def test_word_dropout_copies_hold_only_the_source_tweets_words():
+    two = augmented_copies(TRAIN, AugmentParams(copies=2, method="word_dropout", rate=0.3, seed=7))
     words = [set(text.split()) for text in TRAIN["text"]]
     assert all(set(text.split()) <= words[i % 3] for i, text in enumerate(two["text"]))
+
+
+def test_the_committed_teachers_copies_are_what_params_yaml_makes_of_train():
+    """The teacher's augmented texts in git are those that augmentation.py and params.yaml's
+    teacher.augment make of the data set's train split: editing either without `make teacher` fails."""
+    params = load_params(PROJECT / "params.yaml")
+    train, _ = split_dev(
+        read_source_csv(MIRROR / SOURCE_FILES["train"]), params.data.dev_size, params.data.seed
+    )
+    committed = pd.read_csv(
+        PROJECT / "data/teacher" / AUGMENTED_FILE, dtype={"text": str}, keep_default_na=False
+    )
+    expected = augmented_copies(train, params.teacher.augment)
+    assert committed["copy"].tolist() == expected["copy"].tolist()
+    assert committed["id"].tolist() == expected["id"].tolist()
+    assert committed["text"].tolist() == expected["text"].tolist()
+
+
+def test_a_masked_copy_reaches_each_model_as_its_own_mask_token(tmp_path):
+    teacher_files(tmp_path)
+    augmented = pd.read_csv(tmp_path / AUGMENTED_FILE)
+    augmented.loc[0, "text"] = f"$AAPL {MASK} estimates"
+    augmented.to_csv(tmp_path / AUGMENTED_FILE, index=False)
+    rows, _ = distillation_rows(TRAIN, tmp_path, DISTILL, "<mask>")
+    assert rows["text"][3] == "$AAPL <mask> estimates"
+    rows, _ = distillation_rows(TRAIN, tmp_path, DISTILL, None)
+    assert rows["text"][3] == f"$AAPL {MASK} estimates"
 
 
 def teacher_files(folder, train=TRAIN, copies=2):
     logits = np.arange(len(train) * 3, dtype=float).reshape(-1, 3) / 7
     write_logits(folder / "train.csv", train[["id"]], logits)
-    augmented = augmented_copies(train, AugmentParams(copies=copies, word_dropout=0.2, seed=0))
+    augmented = augmented_copies(train, AugmentParams(copies=copies, method="word_dropout", rate=0.2, seed=0))
     write_logits(folder / AUGMENTED_FILE, augmented, np.ones((len(augmented), 3)))
     return logits
 
 
 def test_distillation_rows_are_train_then_the_copies_with_the_teachers_logits(tmp_path):
     logits = teacher_files(tmp_path)
-    rows, teacher = distillation_rows(TRAIN, tmp_path, DISTILL)
+    rows, teacher = distillation_rows(TRAIN, tmp_path, DISTILL, None)
     assert rows["id"].tolist() == [3, 5, 8, 3, 5, 8]
     assert rows["label"].tolist()[:3] == [1, 2, 0]
     assert rows["label"][3:].isna().all()
     np.testing.assert_allclose(teacher[:3], logits, atol=1e-4)
     np.testing.assert_allclose(teacher[3:], 1.0)
-    rows, teacher = distillation_rows(TRAIN, tmp_path, DISTILL.model_copy(update={"augmented_copies": 0}))
+    rows, teacher = distillation_rows(
+        TRAIN, tmp_path, DISTILL.model_copy(update={"augmented_copies": 0}), None
+    )
     assert len(rows) == len(teacher) == 3
 
 
@@ -99,7 +186,7 @@ def test_teacher_outputs_that_do_not_match_train_stop_with_one_line(tmp_path, da
     teacher_files(tmp_path)
     damage(tmp_path)
     with pytest.raises(FinsentError, match=message):
-        distillation_rows(TRAIN, tmp_path, DISTILL)
+        distillation_rows(TRAIN, tmp_path, DISTILL, None)
 
 
 def test_distillation_loss_is_hintons():

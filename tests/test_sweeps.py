@@ -48,6 +48,13 @@ def test_the_teacher_counts_only_for_a_run_that_distils():
     assert describe_change(training_params(distilled), DEFAULTS) == (
         "distill.enabled=True teacher.label_batch_size=7"
     )
+    # Recorded when word dropout was the only augmentation, its rate named word_dropout.
+    augment = distilled["teacher"]["augment"]
+    augment["word_dropout"] = augment.pop("rate")
+    del augment["method"]
+    assert describe_change(training_params(distilled), DEFAULTS) == (
+        "distill.enabled=True teacher.label_batch_size=7"
+    )
     del distilled["teacher"]  # recorded before runs recorded their teacher
     assert describe_change(training_params(distilled), DEFAULTS) == "distill.enabled=True teacher=unrecorded"
 

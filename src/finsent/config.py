@@ -98,10 +98,11 @@ class TrainParams(_Section):
 
 
 class AugmentParams(_Section):
-    # Copies of train that the teacher labels, each with a share of its words dropped at random
-    # (cashtags kept): texts beyond the training set, labelled only by the teacher, for distillation.
+    # Copies of train that the teacher labels, each changed by `method` (src/finsent/augmentation.py),
+    # `rate` the share of its words changed: texts beyond the training set, for distillation.
     copies: int = Field(ge=0)
-    word_dropout: float = Field(gt=0, lt=1)
+    method: Literal["word_dropout", "span_deletion", "mask", "swap", "join"]
+    rate: float = Field(gt=0, lt=1)
     seed: int
 
 

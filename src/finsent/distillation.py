@@ -17,6 +17,10 @@ LOGIT_COLUMNS = [f"logit_{name}" for name in LABELS]
 SPLIT_FILES = {"train": "train.csv", "dev": "dev.csv"}
 AUGMENTED_FILE = "augmented.csv"
 """In the teacher's folder: `copy`, `id` (of the train row it copies), `text` and the logit columns."""
+MASK = "[MASK]"
+"""A masked word in an augmented text, as the file holds it: each model reads its own tokenizer's mask
+token there (`with_mask_token`), since the teacher's and the student's tokenizers may name it apart
+(MPNet's `<mask>`, BERT's `[MASK]`)."""
 _DECIMALS = 4  # logits to 1e-4: softmax probabilities change by under 1e-4, the files stay small
 
 
@@ -79,14 +83,24 @@ def read_augmented(folder: Path, copies: int, train_ids: pd.Series) -> pd.DataFr
     return chosen.reset_index(drop=True)
 
 
+def with_mask_token(augmented: pd.DataFrame, mask_token: str | None) -> pd.DataFrame:
+    """Augmented rows with each MASK written as `mask_token`, a tokenizer's (None: as they are)."""
+    if mask_token is None or mask_token == MASK:
+        return augmented
+    return augmented.assign(text=augmented["text"].str.replace(MASK, mask_token, regex=False))
+
+
 def distillation_rows(
-    train: pd.DataFrame, teacher_dir: Path, params: DistillParams
+    train: pd.DataFrame, teacher_dir: Path, params: DistillParams, mask_token: str | None
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Train's rows then the augmented copies' (label None), and the teacher's logits of each row."""
+    """Train's rows then the augmented copies' (label None, MASK as `mask_token`: the student
+    tokenizer's), and the teacher's logits of each row."""
     logits = [read_split_logits(teacher_dir, "train", train["id"])]
     frames = [train[["id", "text", "label"]]]
     if params.augmented_copies:
-        augmented = read_augmented(teacher_dir, params.augmented_copies, train["id"])
+        augmented = with_mask_token(
+            read_augmented(teacher_dir, params.augmented_copies, train["id"]), mask_token
+        )
         frames.append(augmented[["id", "text"]].assign(label=None))
         logits.append(augmented[LOGIT_COLUMNS].to_numpy(dtype=np.float32))
     return pd.concat(frames, ignore_index=True), np.concatenate(logits)

@@ -62,14 +62,18 @@ KEYS_ADDED_SINCE = {
     "distill.alpha": 1.0,
     "distill.temperature": 1.0,
     "distill.augmented_copies": 0,
+    "teacher.augment.method": "word_dropout",
 }
 """Training params added after runs were recorded, with the value those runs had: the one place where an
 older record (metrics/train/params.yaml) is completed. Any other missing key reads as `unrecorded`."""
+KEYS_RENAMED = {"teacher.augment.word_dropout": "teacher.augment.rate"}
+"""Training params renamed after runs were recorded: an older record's key, by its name now."""
 
 
 def training_params(raw: dict) -> dict:
     """A run's training params, flat; `teacher: unrecorded` for a distilled run with no teacher record."""
-    params = KEYS_ADDED_SINCE | flatten({section: raw.get(section) or {} for section in TRAINING_SECTIONS})
+    recorded = flatten({section: raw.get(section) or {} for section in TRAINING_SECTIONS})
+    params = KEYS_ADDED_SINCE | {KEYS_RENAMED.get(key, key): value for key, value in recorded.items()}
     if params["distill.enabled"] and not raw.get("teacher"):
         params["teacher"] = "unrecorded"
     return params
