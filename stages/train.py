@@ -7,6 +7,7 @@ data-parallel workers under torchrun.
 
 import argparse
 import json
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from finsent import distributed
 from finsent.atomic import atomic_dir
 from finsent.cli import run_cli
 from finsent.config import TRAINING_SECTIONS, load_params
-from finsent.modeling import save_classifier
+from finsent.modeling import checkpoint_with_layers, save_classifier
 from finsent.pretrained import resolve_pretrained
 from finsent.text import load_text_processing
 from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
@@ -38,6 +39,9 @@ def main() -> None:
     main_process = distributed.is_main_process()
     tokenizer, normalize = load_text_processing(args.tokenized_dir / TOKENIZER_SUBDIR)
     with distributed.process_group(num_processes), ExitStack() as outputs:
+        if params.model.layers is not None:
+            folder = Path(outputs.enter_context(tempfile.TemporaryDirectory(prefix="finsent-layers-")))
+            checkpoint_dir = checkpoint_with_layers(checkpoint_dir, params.model.layers, folder)
         model_staging = live = None
         if main_process:  # the other workers write nothing, not even a staging folder
             model_staging = outputs.enter_context(atomic_dir(args.model_dir))

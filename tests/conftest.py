@@ -52,8 +52,9 @@ def _offline(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
-def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
-    """A 2-layer, 32-wide encoder with random weights and the real MiniLM tokenizer, saved as a checkpoint.
+def tiny_checkpoint(folder: Path, architecture: str = "bert", layers: int = 2) -> Path:
+    """A 2-layer (or `layers`), 32-wide encoder with random weights and the real MiniLM tokenizer, saved
+    as a checkpoint.
 
     `architecture` is "bert", "deberta-v2" (the architecture of DeBERTa-v3 checkpoints) or "mpnet"
     (all-mpnet-base-v2's; its tokenizer gives no token_type_ids, and neither does this one then).
@@ -76,7 +77,7 @@ def tiny_checkpoint(folder: Path, architecture: str = "bert") -> Path:
     sizes = {
         "vocab_size": tokenizer.vocab_size,
         "hidden_size": 32,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "num_attention_heads": 2,
         "intermediate_size": 64,
         "max_position_embeddings": 128,

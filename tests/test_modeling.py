@@ -18,7 +18,14 @@ from transformers import AutoTokenizer
 from finsent.calibration import CALIBRATION_FILE
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
-from finsent.modeling import load_base_model, load_classifier, save_classifier, with_lora
+from finsent.modeling import (
+    checkpoint_with_layers,
+    kept_layers,
+    load_base_model,
+    load_classifier,
+    save_classifier,
+    with_lora,
+)
 from finsent.predictors import TorchPredictor
 from finsent.text import NORMALIZATION_FILE, TextNormalization
 
@@ -96,6 +103,40 @@ def test_reloaded_model_gives_the_trained_logits(tmp_path, architecture, lora):
     torch.testing.assert_close(again, trained)
     assert reloaded.config.id2label == dict(enumerate(LABELS))
     assert (tmp_path / "models" / "adapter_config.json").is_file() == lora.enabled
+
+
+def test_kept_layers_are_evenly_spaced_from_the_first_to_the_last():
+    assert kept_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's from BERT
+    assert kept_layers(12, 12) == list(range(12))
+    assert kept_layers(4, 2) == [0, 3]
+    assert kept_layers(6, 1) == [0]
+
+
+@pytest.mark.parametrize("architecture", ["bert", "mpnet", "deberta-v2"])
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_a_checkpoint_with_fewer_layers_keeps_those_layers_weights(tmp_path, architecture):
+    deep = tiny_checkpoint(tmp_path / "deep", architecture, layers=4)
+    shallow = checkpoint_with_layers(deep, 2, tmp_path / "shallow")
+    original = load_base_model(deep).base_model
+    model = load_base_model(shallow)
+    assert model.config.num_hidden_layers == len(model.base_model.encoder.layer) == 2
+    for new, old in enumerate([0, 3]):
+        kept, source = model.base_model.encoder.layer[new], original.encoder.layer[old]
+        for (name, weight), (_, expected) in zip(
+            kept.state_dict().items(), source.state_dict().items(), strict=True
+        ):
+            torch.testing.assert_close(weight, expected, msg=name)
+    torch.testing.assert_close(
+        model.base_model.embeddings.word_embeddings.weight, original.embeddings.word_embeddings.weight
+    )
+    # Trained and saved as the train stage does, it reloads with its two layers.
+    classifier = with_lora(model, LORA)
+    tokenizer = AutoTokenizer.from_pretrained(deep)
+    save_classifier(classifier, tokenizer, TextNormalization(), 1.0, "tiny", shallow, tmp_path / "models")
+    reloaded = load_classifier(tmp_path / "models")[0]
+    assert len(reloaded.get_base_model().base_model.encoder.layer) == 2
+    with pytest.raises(FinsentError, match=r"model.layers: 5, but .*deep has 4"):
+        checkpoint_with_layers(deep, 5, tmp_path / "deeper")
 
 
 def test_predict_proba_keeps_input_order(tmp_path):

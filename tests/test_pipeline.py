@@ -79,6 +79,9 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_ru
     assert repro(repo) == {"train", "evaluate", "export"}
     edit_params(repo, lora__r=2)
     assert repro(repo) == {"train", "evaluate", "export"}
+    edit_params(repo, model__layers=1)  # of the tiny model's 2: the tokenizer is the same
+    assert repro(repo) == {"train", "evaluate", "export"}
+    assert json.loads((repo / "models/base/config.json").read_text())["num_hidden_layers"] == 1
     params_diff = run(["dvc", "params", "diff", "--md"], cwd=repo).stdout
     assert "lora.r" in params_diff
     assert "evaluate.batch_size" in params_diff

@@ -45,6 +45,8 @@ class DataParams(_Section):
 class ModelParams(_Section):
     checkpoint: str
     revision: str
+    # Encoder layers kept, evenly spaced from the first to the last (modeling.kept_layers); None: all.
+    layers: int | None = Field(gt=0)
 
 
 class TokenizeParams(_Section):

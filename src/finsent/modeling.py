@@ -1,6 +1,7 @@
 """The classifier: a pre-trained encoder with LoRA adapters and a fully trained head, saved and reloaded."""
 
 import contextlib
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -49,6 +50,50 @@ def _quiet_load(load, *args, **kwargs):
     finally:
         hf_logging.enable_progress_bar()
         hf_logging.set_verbosity(verbosity)
+
+
+_LAYER_KEY = re.compile(r"^(.*\b(?:encoder|transformer)\.layer\.)(\d+)(\..*)$")
+"""A weight of one encoder layer: BERT, RoBERTa, DeBERTa and MPNet name them `encoder.layer.N.`,
+DistilBERT `transformer.layer.N.`."""
+
+
+def kept_layers(total: int, layers: int) -> list[int]:
+    """`layers` of `total` layers, evenly spaced from the first to the last: 6 of 12 are 0, 2, 4, 7, 9
+    and 11, the layers DistilBERT was initialised from (Sanh et al., 2019)."""
+    if layers == 1:
+        return [0]
+    return [round(i * (total - 1) / (layers - 1)) for i in range(layers)]
+
+
+def checkpoint_with_layers(checkpoint_dir: Path, layers: int, out_dir: Path) -> Path:
+    """A copy of the checkpoint in `out_dir` that keeps `layers` of its encoder's layers (`kept_layers`),
+    renumbered: a shallower encoder of the same width, which then serves as the checkpoint. Written
+    here: transformers loads a checkpoint whole, and a smaller config alone would keep its first layers.
+    """
+    from safetensors.torch import load_file, save_file
+
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    total = config.num_hidden_layers
+    if layers > total:
+        raise FinsentError(f"model.layers: {layers}, but {checkpoint_dir} has {total}")
+    weights_file = Path(checkpoint_dir) / "model.safetensors"
+    if not weights_file.is_file():
+        raise FinsentError(
+            f"model.layers: needs a checkpoint with model.safetensors, not in {checkpoint_dir}"
+        )
+    renumber = {old: new for new, old in enumerate(kept_layers(total, layers))}
+    weights = {}
+    for key, tensor in load_file(weights_file).items():
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            weights[key] = tensor
+        elif int(match[2]) in renumber:
+            weights[f"{match[1]}{renumber[int(match[2])]}{match[3]}"] = tensor.contiguous()
+    config.num_hidden_layers = layers
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out_dir)
+    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
+    return out_dir
 
 
 def load_base_model(checkpoint_dir: Path) -> PreTrainedModel:

@@ -53,6 +53,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 KEYS_ADDED_SINCE = {
+    "model.layers": None,
     "tokenize.url_replacement": None,
     "tokenize.cashtag_replacement": None,
     "train.num_processes": 1,
