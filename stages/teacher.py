@@ -1,15 +1,19 @@
 """Stage teacher: a larger model fine-tuned on train (epoch chosen on dev), then its logits for train,
 dev and augmented copies of train, for the train stage to distil; its metrics on dev and validation.
+With `teacher.runs` above 1, as many runs (seeds train.seed, train.seed + 1, ...) whose class
+probabilities, averaged, are the soft labels (written as their logarithms, which softmax turns back).
 
 Its weights are not kept: all that the pipeline needs from it is the logits, which are small and in git.
 """
 
 import argparse
+import gc
 import json
 from pathlib import Path
 
+import numpy as np
 from datasets import disable_progress_bars
-from scipy.special import softmax
+from scipy.special import log_softmax, logsumexp, softmax
 
 from finsent.atomic import atomic_dir, atomic_file
 from finsent.augmentation import augmented_copies
@@ -22,6 +26,9 @@ from finsent.metrics import headline_metrics
 from finsent.pretrained import resolve_pretrained
 from finsent.tokenization import load_fast_tokenizer, text_normalization, tokenize_frame
 from finsent.training import predict_logits, train_classifier
+
+LABELLED = ("train", "dev", "validation", "augmented")
+"""What each teacher run labels: the splits and the augmented copies of train."""
 
 DEV_TOLERANCE = 0.005
 """How far the written logits' dev scores may be from training's own evaluation of the same model: a
@@ -53,25 +60,42 @@ def main() -> None:
     tokenizer = load_fast_tokenizer(checkpoint_dir, teacher.tokenize.max_length)
     normalize = text_normalization(teacher.tokenize)
     tokenized = {split: tokenize_frame(frame, tokenizer, normalize) for split, frame in splits.items()}
+    tokenized["augmented"] = tokenize_frame(
+        with_mask_token(augmented, tokenizer.mask_token), tokenizer, normalize
+    )
+    labels = {split: splits[split]["label"].to_numpy() for split in ("dev", "validation")}
     with atomic_dir(args.out_dir) as staging, atomic_file(args.metrics_file) as metrics_staging:
-        trainer, summary = train_classifier(
-            checkpoint_dir, teacher.lora, teacher.train, tokenized["train"], tokenized["dev"], tokenizer
-        )
-        batch = teacher.label_batch_size
-        logits = {split: predict_logits(trainer, dataset, batch) for split, dataset in tokenized.items()}
-        augmented_input = tokenize_frame(
-            with_mask_token(augmented, tokenizer.mask_token), tokenizer, normalize
-        )
-        augmented_logits = predict_logits(trainer, augmented_input, batch)
+        runs = []
+        for run in range(teacher.runs):
+            train = teacher.train.model_copy(update={"seed": teacher.train.seed + run})
+            trainer, summary = train_classifier(
+                checkpoint_dir, teacher.lora, train, tokenized["train"], tokenized["dev"], tokenizer
+            )
+            logits = {
+                name: predict_logits(trainer, tokenized[name], teacher.label_batch_size) for name in LABELLED
+            }
+            check_reproduces_dev(
+                headline_metrics(labels["dev"], softmax(logits["dev"], axis=1)), summary["dev"]
+            )
+            runs.append((train.seed, logits, summary))
+            del trainer
+            gc.collect()  # one run's model at a time in memory
+        if len(runs) == 1:
+            logits = runs[0][1]
+        else:  # log of the runs' mean probabilities, from their log-probabilities: never log(0)
+            logits = {
+                name: logsumexp([log_softmax(run_logits[name], axis=1) for _, run_logits, _ in runs], axis=0)
+                - np.log(len(runs))
+                for name in LABELLED
+            }
         for split, file_name in SPLIT_FILES.items():
             write_logits(staging / file_name, splits[split][["id"]], logits[split])
-        write_logits(staging / AUGMENTED_FILE, augmented, augmented_logits)
-        metrics = {
-            split: headline_metrics(splits[split]["label"].to_numpy(), softmax(logits[split], axis=1))
-            for split in ("dev", "validation")
-        }
-        check_reproduces_dev(metrics["dev"], summary["dev"])
-        metrics |= {"best_epoch": summary["best_epoch"], "train": summary["train"]}
+        write_logits(staging / AUGMENTED_FILE, augmented, logits["augmented"])
+        metrics = {split: headline_metrics(labels[split], softmax(logits[split], axis=1)) for split in labels}
+        if len(runs) == 1:
+            metrics |= {"best_epoch": runs[0][2]["best_epoch"], "train": runs[0][2]["train"]}
+        else:
+            metrics["runs"] = {f"seed_{seed}": summary for seed, _, summary in runs}
         metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({split: metrics[split] for split in ("dev", "validation")}, indent=2))
 

@@ -8,8 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import PROJECT, edit_params, repro, run
 from ruamel.yaml import YAML
+from scipy.special import softmax
+from transformers import AutoTokenizer
 
 from finsent.data import MIRROR_ENV, read_jsonl
+from finsent.distillation import LOGIT_COLUMNS, MASK
 from finsent.metrics import headline_metrics
 from finsent.predictors import TorchPredictor
 
@@ -184,6 +187,27 @@ def test_the_teacher_reruns_only_on_purpose(pipeline_run):
     assert repro(pipeline_run, "--force", "--single-item", "teacher") == {"teacher"}
     edit_params(pipeline_run, teacher__augment__copies=1)
     assert "teacher:" in run(["dvc", "status"], cwd=pipeline_run).stdout
+
+
+def test_an_ensemble_teacher_writes_the_log_of_its_runs_mean_probabilities(pipeline_run):
+    edit_params(pipeline_run, teacher__runs=2, teacher__augment__method="mask", teacher__augment__rate=0.5)
+    assert repro(pipeline_run, "tokenize") == {"teacher", "tokenize"}
+    teacher_metrics = json.loads((pipeline_run / "metrics/teacher.json").read_text())
+    assert set(teacher_metrics) == {"dev", "validation", "runs"}
+    assert set(teacher_metrics["runs"]) == {"seed_42", "seed_43"}  # teacher.train.seed, then the next
+    dev_logits = pd.read_csv(pipeline_run / "data/teacher/dev.csv")[LOGIT_COLUMNS].to_numpy()
+    np.testing.assert_allclose(np.exp(dev_logits).sum(axis=1), 1, atol=1e-3)  # log-probabilities
+    dev = read_jsonl(pipeline_run / "data/raw/dev.jsonl")
+    assert headline_metrics(dev["label"].to_numpy(), softmax(dev_logits, axis=1))[
+        "macro_f1"
+    ] == pytest.approx(teacher_metrics["dev"]["macro_f1"], abs=0.01)
+    # Masked copies hold [MASK]; the student's rows carry its tokenizer's mask token there.
+    augmented = pd.read_csv(pipeline_run / "data/teacher/augmented.csv", keep_default_na=False)
+    assert augmented["text"].str.contains(MASK, regex=False).mean() > 0.5
+    tokenized = pq.read_table(pipeline_run / "data/tokenized/train.parquet").to_pandas()
+    mask_id = AutoTokenizer.from_pretrained(pipeline_run / "data/tokenized/tokenizer").mask_token_id
+    copies = tokenized["input_ids"][len(read_jsonl(pipeline_run / "data/raw/train.jsonl")) :]
+    assert copies.map(lambda ids: mask_id in ids).mean() > 0.5
 
 
 def test_a_failed_stage_names_the_command_that_restores_its_outputs(pipeline_run, tmp_path):

@@ -121,6 +121,9 @@ class TeacherParams(_Section):
     augment: AugmentParams
     # Texts a batch when the trained teacher labels train, dev, validation and the augmented copies.
     label_batch_size: int = Field(gt=0)
+    # Teacher runs, seeds train.seed, train.seed + 1, ...: an ensemble whose class probabilities,
+    # averaged, are the soft labels.
+    runs: int = Field(gt=0)
 
     @field_validator("train")
     @classmethod
