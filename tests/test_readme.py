@@ -1,5 +1,8 @@
 """The README's results are the committed metrics': `finsent-results --check` on the project itself."""
 
+import json
+import shutil
+
 import pytest
 from conftest import PROJECT, run
 
@@ -32,3 +35,15 @@ def test_a_stale_readme_is_caught(tmp_path):
 def test_a_readme_without_the_markers_is_named():
     with pytest.raises(FinsentError, match=r"README\.md: no results block"):
         replace_block("no markers here", f"{BEGIN}\n{END}", "README.md")
+
+
+def test_an_ensemble_teacher_is_named_as_one(tmp_path):
+    shutil.copytree(PROJECT / "metrics", tmp_path / "metrics")
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    teacher = json.loads((tmp_path / "metrics/teacher.json").read_text())
+    run_summary = {key: teacher.pop(key) for key in ("best_epoch", "train")} | {"dev": teacher["dev"]}
+    teacher["runs"] = {f"seed_{seed}": run_summary for seed in (42, 43, 44)}
+    (tmp_path / "metrics/teacher.json").write_text(json.dumps(teacher))
+    row = next(line for line in results_markdown(tmp_path).splitlines() if "teacher" in line)
+    assert ", ensemble of 3 runs |" in row
+    assert row.endswith(f"| {run_summary['train']['trainable_parameters']:,} |")

@@ -62,6 +62,9 @@ def results_markdown(root: Path = Path()) -> str:
     distilled = ", distilled from the teacher" if distilling else ""
     teacher_role = "teacher" if distilling else "teacher stage, for distilling a smaller model"
     int8 = export["onnx_int8"]["batch_1"]
+    # An ensemble teacher (teacher.runs above 1) lists its runs; one run's summary is the file itself.
+    teacher_runs = list(teacher.get("runs", {}).values()) or [teacher]
+    ensemble = f", ensemble of {len(teacher_runs)} runs" if len(teacher_runs) > 1 else ""
     rows = [
         "| model (validation: 2,388 tweets) | macro-F1 | accuracy | dev macro-F1 | weights trained |",
         "|---|---|---|---|---|",
@@ -73,9 +76,9 @@ def results_markdown(root: Path = Path()) -> str:
         f"as PyTorch's) | {int8['macro_f1']:.3f} | {int8['accuracy']:.3f} | | |",
         f"| {teacher_role}: {_model_name(teacher_params['checkpoint'])}, "
         f"{_method(teacher_params['lora'])}, "
-        f"{_epochs(teacher_params['train'])} "
+        f"{_epochs(teacher_params['train'])}{ensemble} "
         f"| {teacher['validation']['macro_f1']:.3f} | {teacher['validation']['accuracy']:.3f} "
-        f"| {teacher['dev']['macro_f1']:.3f} | {teacher['train']['trainable_parameters']:,} |",
+        f"| {teacher['dev']['macro_f1']:.3f} | {teacher_runs[0]['train']['trainable_parameters']:,} |",
     ]
     per_class = validation["per_class"]
     classes = [
