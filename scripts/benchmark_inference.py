@@ -13,12 +13,14 @@ server's CPU measures itself. The client's CPU a request is reported too. aiohtt
 
     PYTHONPATH=src python scripts/benchmark_inference.py    # from the project root, after `dvc repro export`
     PYTHONPATH=src python scripts/benchmark_inference.py --pretrained sentence-transformers/all-mpnet-base-v2
+    PYTHONPATH=src python scripts/benchmark_inference.py --pretrained PATH_OR_NAME --layers 6
 
 --pretrained times another model without training it: the classifier the train stage would build from
 that checkpoint (a new head, LoRA as params.yaml's `lora` section says), saved as the train stage saves
 it and exported as the export stage exports it (LoRA merged, smoothed, static int8, calibrated on the
 training texts), in a temporary folder. Speed does not depend on the weights' values, so it times what
-a trained model of that architecture would; its answers mean nothing.
+a trained model of that architecture would; its answers mean nothing. --layers N keeps N of its
+layers, as `model.layers` does.
 """
 
 import argparse
@@ -39,7 +41,7 @@ import numpy as np
 from finsent.config import BACKENDS, load_params
 from finsent.data import read_jsonl
 from finsent.export import write_onnx_models
-from finsent.modeling import load_base_model, save_classifier, with_lora
+from finsent.modeling import checkpoint_with_layers, load_base_model, save_classifier, with_lora
 from finsent.predictors import TorchPredictor, load_predictor
 from finsent.pretrained import resolve_pretrained
 from finsent.tokenization import load_fast_tokenizer, text_normalization
@@ -67,10 +69,15 @@ def in_process(
     ]
 
 
-def untrained_export(checkpoint: str, calibration_file: Path, folder: Path) -> tuple[Path, Path]:
-    """`checkpoint` as the train and export stages would write it, untrained: (model_dir, exported_dir)."""
+def untrained_export(
+    checkpoint: str, layers: int | None, calibration_file: Path, folder: Path
+) -> tuple[Path, Path]:
+    """`checkpoint` (`layers` of its layers, as model.layers keeps them) as the train and export stages
+    would write it, untrained: (model_dir, exported_dir)."""
     params = load_params()
     checkpoint_dir = resolve_pretrained(checkpoint, params.model.revision)
+    if layers is not None:
+        checkpoint_dir = checkpoint_with_layers(checkpoint_dir, layers, folder / "checkpoint")
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
     model = with_lora(load_base_model(checkpoint_dir), params.lora)
     model_dir, exported_dir = folder / "models", folder / "exported"
@@ -186,13 +193,16 @@ def main() -> None:
         help="the server's --model-threads (default: its own setting, serve.model_threads)",
     )
     parser.add_argument("--pretrained", metavar="CHECKPOINT", help="time this model, untrained (see above)")
+    parser.add_argument("--layers", type=int, help="with --pretrained: N of its layers, as model.layers")
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
+    if args.layers is not None and (args.pretrained is None or args.layers < 1):
+        parser.error("--layers: a number of layers above 0, with --pretrained")
     texts = read_jsonl(args.texts)["text"].tolist()
     if args.pretrained:
         scratch = tempfile.TemporaryDirectory(prefix="finsent-benchmark-")
         args.model_dir, args.exported_dir = untrained_export(
-            args.pretrained, Path("data/raw/train.jsonl"), Path(scratch.name)
+            args.pretrained, args.layers, Path("data/raw/train.jsonl"), Path(scratch.name)
         )
         print(f"exported {args.pretrained}, untrained, into {scratch.name}", file=sys.stderr)
     results = {}
@@ -205,7 +215,8 @@ def main() -> None:
 
     threads = "its setting" if args.server_model_threads is None else args.server_model_threads
     cpus = len(os.sched_getaffinity(0))
-    model = f"{args.pretrained} (untrained)" if args.pretrained else str(args.exported_dir)
+    layers = f", {args.layers} layers" if args.layers else ""
+    model = f"{args.pretrained}{layers} (untrained)" if args.pretrained else str(args.exported_dir)
     print(f"{model}; {len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}\n")
     print(
         "| backend | run | texts/s | p50 / p99 (ms) | errors | vs batch 32 | client CPU (ms a request) |\n"
