@@ -42,21 +42,18 @@ def test_an_older_record_reads_as_what_it_ran():
 
 
 def test_the_teacher_counts_only_for_a_run_that_distils():
-    plain = recorded(teacher__label_batch_size=7)
-    assert describe_change(training_params(plain), DEFAULTS) == "none (params.yaml)"
-    distilled = recorded(distill__enabled=True, teacher__label_batch_size=7)
-    assert describe_change(training_params(distilled), DEFAULTS) == (
-        "distill.enabled=True teacher.label_batch_size=7"
-    )
+    plain = recorded(distill__enabled=False, teacher__label_batch_size=7)
+    del plain["teacher"]  # a run that does not distil records no teacher
+    assert describe_change(training_params(plain), DEFAULTS) == "distill.enabled=False"
+    distilled = recorded(teacher__label_batch_size=7)  # the default distils
+    assert describe_change(training_params(distilled), DEFAULTS) == "teacher.label_batch_size=7"
     # Recorded when word dropout was the only augmentation, its rate named word_dropout.
     augment = distilled["teacher"]["augment"]
     augment["word_dropout"] = augment.pop("rate")
     del augment["method"]
-    assert describe_change(training_params(distilled), DEFAULTS) == (
-        "distill.enabled=True teacher.label_batch_size=7"
-    )
+    assert describe_change(training_params(distilled), DEFAULTS) == "teacher.label_batch_size=7"
     del distilled["teacher"]  # recorded before runs recorded their teacher
-    assert describe_change(training_params(distilled), DEFAULTS) == "distill.enabled=True teacher=unrecorded"
+    assert describe_change(training_params(distilled), DEFAULTS) == "teacher=unrecorded"
 
 
 def test_summary_has_a_row_a_change_best_mean_first():

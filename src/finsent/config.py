@@ -109,7 +109,7 @@ class AugmentParams(_Section):
 
 
 class TeacherParams(_Section):
-    """A larger model, fine-tuned once on train; the train stage distils its class probabilities."""
+    """A stronger model, fine-tuned once on train; the train stage distils its class probabilities."""
 
     checkpoint: str
     revision: str
