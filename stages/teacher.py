@@ -1,4 +1,4 @@
-"""Stage teacher: a larger model fine-tuned on train (epoch chosen on dev), then its logits for train,
+"""Stage teacher: a stronger model fine-tuned on train (epoch chosen on dev), then its logits for train,
 dev and augmented copies of train, for the train stage to distil; its metrics on dev and validation.
 With `teacher.runs` above 1, as many runs (seeds train.seed, train.seed + 1, ...) whose class
 probabilities, averaged, are the soft labels (written as their logarithms, which softmax turns back).
