@@ -76,9 +76,9 @@ def untrained_export(
     would write it, untrained: (model_dir, exported_dir)."""
     params = load_params()
     checkpoint_dir = resolve_pretrained(checkpoint, params.model.revision)
-    if layers is not None:
-        checkpoint_dir = checkpoint_with_layers(checkpoint_dir, layers, folder / "checkpoint")
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
+    if layers is not None:  # weights and config alone: the tokenizer is the checkpoint's
+        checkpoint_dir = checkpoint_with_layers(checkpoint_dir, layers, folder / "checkpoint")
     model = with_lora(load_base_model(checkpoint_dir), params.lora)
     model_dir, exported_dir = folder / "models", folder / "exported"
     # Untrained: no temperature fitted on dev, the logits as they are (T = 1).

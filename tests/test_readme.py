@@ -44,6 +44,6 @@ def test_an_ensemble_teacher_is_named_as_one(tmp_path):
     run_summary = {key: teacher.pop(key) for key in ("best_epoch", "train")} | {"dev": teacher["dev"]}
     teacher["runs"] = {f"seed_{seed}": run_summary for seed in (42, 43, 44)}
     (tmp_path / "metrics/teacher.json").write_text(json.dumps(teacher))
-    row = next(line for line in results_markdown(tmp_path).splitlines() if "teacher" in line)
+    row = next(line for line in results_markdown(tmp_path).splitlines() if line.startswith("| teacher"))
     assert ", ensemble of 3 runs |" in row
     assert row.endswith(f"| {run_summary['train']['trainable_parameters']:,} |")
