@@ -54,6 +54,11 @@ def _at_least_one(keep: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return keep
 
 
+def _kept(words: list[str], rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Which words stay as they are: each with probability 1 - `rate`, cashtags always, at least one."""
+    return _at_least_one((rng.random(len(words)) >= rate) | _keep_cashtags(words), rng)
+
+
 def drop_words(texts: list[str], rate: float, rng: np.random.Generator) -> list[str]:
     """Each text with every word (whitespace-separated) but cashtags dropped with probability `rate`.
 
@@ -62,8 +67,7 @@ def drop_words(texts: list[str], rate: float, rng: np.random.Generator) -> list[
     dropped = []
     for text in texts:
         words = text.split()
-        keep = (rng.random(len(words)) >= rate) | _keep_cashtags(words)
-        keep = _at_least_one(keep, rng)
+        keep = _kept(words, rate, rng)
         dropped.append(" ".join(word for word, kept in zip(words, keep, strict=True) if kept))
     return dropped
 
@@ -90,7 +94,7 @@ def mask_words(texts: list[str], rate: float, rng: np.random.Generator) -> list[
     masked = []
     for text in texts:
         words = text.split()
-        keep = _at_least_one((rng.random(len(words)) >= rate) | _keep_cashtags(words), rng)
+        keep = _kept(words, rate, rng)
         masked.append(" ".join(word if kept else MASK for word, kept in zip(words, keep, strict=True)))
     return masked
 
