@@ -95,7 +95,15 @@ def main() -> None:
         if len(runs) == 1:
             metrics |= {"best_epoch": runs[0][2]["best_epoch"], "train": runs[0][2]["train"]}
         else:
-            metrics["runs"] = {f"seed_{seed}": summary for seed, _, summary in runs}
+            metrics["runs"] = {  # each run alone, beside the ensemble: what averaging adds
+                f"seed_{seed}": summary
+                | {
+                    "validation": headline_metrics(
+                        labels["validation"], softmax(run_logits["validation"], axis=1)
+                    )
+                }
+                for seed, run_logits, summary in runs
+            }
         metrics_staging.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({split: metrics[split] for split in ("dev", "validation")}, indent=2))
 

@@ -1,6 +1,7 @@
 """The real `dvc repro` and `dvc exp run`, offline, on a slice of the real data with a tiny model."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -191,10 +192,18 @@ def test_the_teacher_reruns_only_on_purpose(pipeline_run):
 
 def test_an_ensemble_teacher_writes_the_log_of_its_runs_mean_probabilities(pipeline_run):
     edit_params(pipeline_run, teacher__runs=2, teacher__augment__method="mask", teacher__augment__rate=0.5)
-    assert repro(pipeline_run, "tokenize") == {"teacher", "tokenize"}
+    result = run(["dvc", "repro", "tokenize"], cwd=pipeline_run)
+    assert set(re.findall(r"Running stage '(\w+)'", result.stdout)) == {"teacher", "tokenize"}
+    # Lines in a log, not a progress bar: each run's training steps, and its labelling's batches up
+    # to the last of each of the four sets it labels.
+    assert re.search(r"^step \d+/\d+ \(epoch", result.stderr, re.MULTILINE)
+    assert len(re.findall(r"^predicted batch (\d+)/\1$", result.stderr, re.MULTILINE)) == 2 * 4
     teacher_metrics = json.loads((pipeline_run / "metrics/teacher.json").read_text())
     assert set(teacher_metrics) == {"dev", "validation", "runs"}
     assert set(teacher_metrics["runs"]) == {"seed_42", "seed_43"}  # teacher.train.seed, then the next
+    for run_metrics in teacher_metrics["runs"].values():  # each run alone on dev and validation too
+        assert {"dev", "validation", "best_epoch", "train"} <= set(run_metrics)
+        assert 0 < run_metrics["validation"]["macro_f1"] <= 1
     dev_logits = pd.read_csv(pipeline_run / "data/teacher/dev.csv")[LOGIT_COLUMNS].to_numpy()
     np.testing.assert_allclose(np.exp(dev_logits).sum(axis=1), 1, atol=1e-3)  # log-probabilities
     dev = read_jsonl(pipeline_run / "data/raw/dev.jsonl")

@@ -37,13 +37,19 @@ def test_a_readme_without_the_markers_is_named():
         replace_block("no markers here", f"{BEGIN}\n{END}", "README.md")
 
 
-def test_an_ensemble_teacher_is_named_as_one(tmp_path):
+def test_the_teacher_row_names_an_ensemble_and_one_run(tmp_path):
     shutil.copytree(PROJECT / "metrics", tmp_path / "metrics")
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     teacher = json.loads((tmp_path / "metrics/teacher.json").read_text())
-    run_summary = {key: teacher.pop(key) for key in ("best_epoch", "train")} | {"dev": teacher["dev"]}
-    teacher["runs"] = {f"seed_{seed}": run_summary for seed in (42, 43, 44)}
-    (tmp_path / "metrics/teacher.json").write_text(json.dumps(teacher))
-    row = next(line for line in results_markdown(tmp_path).splitlines() if line.startswith("| teacher"))
-    assert ", ensemble of 3 runs |" in row
-    assert row.endswith(f"| {run_summary['train']['trainable_parameters']:,} |")
+    runs = list(teacher["runs"].values())  # the committed teacher: an ensemble, each run under `runs`
+
+    def teacher_row() -> str:
+        return next(line for line in results_markdown(tmp_path).splitlines() if line.startswith("| teacher"))
+
+    assert f", ensemble of {len(runs)} runs |" in teacher_row()
+    assert teacher_row().endswith(f"| {runs[0]['train']['trainable_parameters']:,} |")
+    # One run: its summary is the file itself.
+    one_run = {key: runs[0][key] for key in ("dev", "validation", "best_epoch", "train")}
+    (tmp_path / "metrics/teacher.json").write_text(json.dumps(one_run))
+    assert "ensemble" not in teacher_row()
+    assert f"| {one_run['validation']['macro_f1']:.3f} |" in teacher_row()

@@ -72,6 +72,21 @@ class ProgressLines(TrainerCallback):
             )
 
 
+class PredictionProgress(TrainerCallback):
+    """One line on stderr every so many batches of a prediction: labelling the teacher's tens of
+    thousands of texts runs for minutes on a CPU, and a log has no progress bar."""
+
+    def __init__(self) -> None:
+        self.batches_done = 0
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        self.batches_done += 1
+        batches = len(eval_dataloader)
+        every = max(1, batches // PROGRESS_LINES)
+        if state.is_world_process_zero and (self.batches_done % every == 0 or self.batches_done == batches):
+            print(f"predicted batch {self.batches_done}/{batches}", file=sys.stderr, flush=True)
+
+
 def _dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
     logits = torch.from_numpy(np.asarray(prediction.predictions, dtype=np.float32))
     return headline_metrics(prediction.label_ids, torch.softmax(logits, dim=-1).numpy())
@@ -295,7 +310,12 @@ def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.nd
             save_strategy="no",
             load_best_model_at_end=False,
         )
-        predictor = Trainer(model=trainer.model, args=args, data_collator=trainer.data_collator)
+        predictor = Trainer(
+            model=trainer.model,
+            args=args,
+            data_collator=trainer.data_collator,
+            callbacks=[] if sys.stderr.isatty() else [PredictionProgress()],  # a terminal has tqdm's bar
+        )
         logits = predictor.predict(dataset.select(order).select_columns(columns)).predictions
     result = np.empty_like(logits)
     result[order] = logits
