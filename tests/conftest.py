@@ -214,6 +214,7 @@ def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mi
         teacher__train__epochs=1,
         teacher__train__batch_size=16,
         teacher__augment__copies=2,
+        teacher__runs=1,  # one run's metrics; an ensemble has its own test (tests/test_pipeline.py)
         export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
     init_git(repo)
