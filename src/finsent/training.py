@@ -59,12 +59,16 @@ class EpochLogger(TrainerCallback):
             self.live.make_summary()
 
 
+def _progress_due(done: int, total: int) -> bool:
+    """Whether a progress line is due after `done` of `total` steps: about PROGRESS_LINES in all."""
+    return done % max(1, total // PROGRESS_LINES) == 0
+
+
 class ProgressLines(TrainerCallback):
     """One line on stderr every so many steps, for logs that a progress bar would fill with redraws."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        every = max(1, state.max_steps // PROGRESS_LINES)
-        if state.is_world_process_zero and (state.global_step % every == 0):
+        if state.is_world_process_zero and _progress_due(state.global_step, state.max_steps):
             print(
                 f"step {state.global_step}/{state.max_steps} (epoch {state.epoch:.2f})",
                 file=sys.stderr,
@@ -82,8 +86,8 @@ class PredictionProgress(TrainerCallback):
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         self.batches_done += 1
         batches = len(eval_dataloader)
-        every = max(1, batches // PROGRESS_LINES)
-        if state.is_world_process_zero and (self.batches_done % every == 0 or self.batches_done == batches):
+        due = _progress_due(self.batches_done, batches) or self.batches_done == batches
+        if state.is_world_process_zero and due:
             print(f"predicted batch {self.batches_done}/{batches}", file=sys.stderr, flush=True)
 
 
