@@ -76,7 +76,12 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_ru
     assert "up to date" in run(["dvc", "status"], cwd=repo).stdout
 
     edit_params(repo, evaluate__batch_size=7)
-    assert repro(repo) == {"evaluate"}
+    reference = (repo / "plots/predictions.csv").read_bytes()
+    rerun = repro(repo)
+    # Export reruns exactly when its reference, evaluate's probabilities, moved in a printed digit: on
+    # some CPUs another batch size rounds differently. Nothing upstream of evaluate reruns.
+    moved = (repo / "plots/predictions.csv").read_bytes() != reference
+    assert rerun == ({"evaluate", "export"} if moved else {"evaluate"})
     np.testing.assert_allclose(metrics(repo)["validation"]["macro_f1"], first["validation"]["macro_f1"])
 
     edit_params(repo, distill__alpha=0.8)
