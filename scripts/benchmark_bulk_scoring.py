@@ -80,9 +80,9 @@ def main() -> None:
         pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(input_file, index=False)
 
         cpus = len(os.sched_getaffinity(0))
-        score = [sys.executable, "-m", "finsent.serving.bulk_scoring", str(input_file), "--id-column", "id"]
+        score = [sys.executable, "-m", "finsent.inference.batch", str(input_file), "--id-column", "id"]
         score += ["--unit-rows", str(math.ceil(len(texts) / (4 * cpus))), *model]
-        predict = [sys.executable, "-m", "finsent.serving.predict", "-i", str(input_file), *model]
+        predict = [sys.executable, "-m", "finsent.inference.predict", "-i", str(input_file), *model]
         commands = {
             "finsent-predict, one process": [*predict, "-o", str(scratch / "predict.csv")],
             f"finsent-score, local Ray ({cpus} CPUs)": [*score, "-o", str(scratch / "local")],

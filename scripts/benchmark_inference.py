@@ -41,8 +41,8 @@ import numpy as np
 from finsent.config import BACKENDS, load_params
 from finsent.data import read_jsonl
 from finsent.export import write_onnx_models
+from finsent.inference.predictors import TorchPredictor, load_predictor
 from finsent.modeling import checkpoint_with_layers, load_base_model, save_classifier, with_lora
-from finsent.predictors import TorchPredictor, load_predictor
 from finsent.pretrained import resolve_pretrained
 from finsent.tokenization import load_fast_tokenizer, text_normalization
 
@@ -150,7 +150,15 @@ def over_http(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "finsent.serving.server", "--backend", backend, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "finsent.inference.api.server",
+        "--backend",
+        backend,
+        "--port",
+        str(port),
+    ]
     command += ["--model-dir", str(model_dir), "--exported-dir", str(exported_dir)]
     if model_threads is not None:
         command += ["--model-threads", str(model_threads)]

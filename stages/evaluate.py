@@ -10,6 +10,7 @@ from finsent.behaviour import load_cases, score_cases
 from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
+from finsent.inference.predictors import TorchPredictor
 from finsent.metrics import (
     classification_metrics,
     precision_recall_curves,
@@ -17,7 +18,6 @@ from finsent.metrics import (
     reliability_bins,
 )
 from finsent.plot_data import precision_recall_table
-from finsent.predictors import TorchPredictor
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def running_server(folder: Path, log: Path, **settings):
     env = {f"FINSENT_SERVE_{name.upper()}": str(value) for name, value in (LIMITS | settings).items()}
     with log.open("ab") as log_file:
         process = subprocess.Popen(
-            [*finsent_command("serving.server"), "--port", str(port)],
+            [*finsent_command("inference.api.server"), "--port", str(port)],
             cwd=folder,
             env={**os.environ, **SOURCE_ENV, **env},
             stdout=log_file,

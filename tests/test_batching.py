@@ -3,8 +3,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from finsent.predictors import ONNX_FILES, OnnxPredictor
-from finsent.serving.batching import Batcher, Overloaded
+from finsent.inference.api.batching import Batcher, Overloaded
+from finsent.inference.predictors import ONNX_FILES, OnnxPredictor
 
 REQUESTS = [
     ["$AAPL beats estimates"],

@@ -13,8 +13,8 @@ from conftest import BEHAVIOUR_CASES, PROJECT, SOURCE_ENV, run, stage_script
 from finsent.behaviour import FAILURE_COLUMNS, KINDS, load_cases, score_cases
 from finsent.config import LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
+from finsent.inference.predictors import Predictor
 from finsent.metrics import CALIBRATION_BINS, expected_calibration_error
-from finsent.predictors import Predictor
 from finsent.text import TextNormalization
 
 

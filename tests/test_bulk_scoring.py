@@ -23,9 +23,9 @@ from conftest import MIRROR, OFFLINE_ENV, SOURCE_ENV, finsent_command, tiny_trai
 
 from finsent.config import LABELS, PROBABILITY_COLUMNS, ExportParams
 from finsent.errors import FinsentError
-from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
-from finsent.serving.bulk_scoring import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
-from finsent.serving.model_version import model_version
+from finsent.inference.batch import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
+from finsent.inference.model_version import model_version
+from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
 UNIT_ROWS = 250
 BIG_ROWS = 20_000
@@ -107,7 +107,7 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
 
 
 def score_command(*args: str) -> list[str]:
-    return [*finsent_command("serving.bulk_scoring"), *args]
+    return [*finsent_command("inference.batch"), *args]
 
 
 def start_scoring(project: Path, *args: str, **popen) -> subprocess.Popen:
@@ -417,7 +417,7 @@ def test_an_id_column_named_as_an_output_column_is_a_usage_error(project, ray_en
 
 def test_without_ray_the_command_says_how_to_install_it(project, tmp_path):
     """One line and exit status 1, from the console command as installed (ray made unimportable)."""
-    without_ray = "import sys; sys.modules['ray'] = None; from finsent.serving.bulk_scoring import cli; cli()"
+    without_ray = "import sys; sys.modules['ray'] = None; from finsent.inference.batch import cli; cli()"
     result = subprocess.run(
         [sys.executable, "-c", without_ray, "in/a.csv", "-o", str(tmp_path / "out")],
         cwd=project,

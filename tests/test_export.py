@@ -22,8 +22,8 @@ from finsent.config import MinAgreement, load_params
 from finsent.data import SOURCE_FILES, read_jsonl, read_source_csv, to_jsonl
 from finsent.errors import FinsentError
 from finsent.export import check_agreement, reference_probabilities
+from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.metrics import expected_calibration_error, headline_metrics, predictions_table
-from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
 SPLITS = [f"data/raw/{split}.jsonl" for split in ("validation", "dev", "train")]
 PREDICTIONS = "plots/predictions.csv"

@@ -11,7 +11,8 @@ import pytest
 from live_server import access_log, image_copy, metric, open_connection, running_server
 
 from finsent.errors import FinsentError
-from finsent.serving.settings import load_serve_settings
+from finsent.inference.api.settings import ServeSettings
+from finsent.inference.settings import load_settings
 
 REQUEST_TIMEOUT_S = 2
 HOSTILE = {
@@ -253,7 +254,7 @@ def test_a_trailing_slash_is_a_404_not_a_redirect_that_echoes_the_host(server):
 def test_max_texts_over_max_queued_texts_stops_the_server_before_it_starts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults, max_queued_texts 256
     with pytest.raises(FinsentError) as error:
-        load_serve_settings(max_texts=300)
+        load_settings(ServeSettings, max_texts=300)
     assert str(error.value) == (
         "serve settings: max_texts (300) is over max_queued_texts (256): a request of more than "
         "max_queued_texts texts would always get a 503"

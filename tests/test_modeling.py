@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 from finsent.calibration import CALIBRATION_FILE
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
+from finsent.inference.predictors import TorchPredictor
 from finsent.modeling import (
     checkpoint_with_layers,
     kept_layers,
@@ -26,7 +27,6 @@ from finsent.modeling import (
     save_classifier,
     with_lora,
 )
-from finsent.predictors import TorchPredictor
 from finsent.text import NORMALIZATION_FILE, TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")

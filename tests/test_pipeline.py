@@ -14,8 +14,8 @@ from transformers import AutoTokenizer
 
 from finsent.data import MIRROR_ENV, read_jsonl
 from finsent.distillation import LOGIT_COLUMNS, MASK
+from finsent.inference.predictors import TorchPredictor
 from finsent.metrics import headline_metrics
-from finsent.predictors import TorchPredictor
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "teacher", "tokenize", "train", "evaluate", "export")

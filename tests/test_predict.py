@@ -14,8 +14,8 @@ import pytest
 from conftest import SOURCE_ENV, finsent_command, run_here
 
 from finsent.config import LABELS
-from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
-from finsent.serving.predict import cli
+from finsent.inference.predict import cli
+from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 
 TEXTS = [
     "$AAPL beats estimates, shares up 5%",
@@ -30,7 +30,7 @@ def predict(project, *args, stdin: str | bytes | Path | None = None, check: bool
     stdin = stdin.encode() if isinstance(stdin, str) else stdin
     with stdin.open("rb") if isinstance(stdin, Path) else nullcontext() as file:
         result = subprocess.run(
-            [*finsent_command("serving.predict"), *args],
+            [*finsent_command("inference.predict"), *args],
             cwd=project,
             env={**os.environ, **SOURCE_ENV},
             stdin=file,
@@ -229,7 +229,7 @@ def test_a_bad_argument_is_named(exported_project, args, message):
 
 
 def test_a_closed_stdin_is_one_line(exported_project):
-    command = ["bash", "-c", 'exec "$@" <&-', "bash", *finsent_command("serving.predict")]
+    command = ["bash", "-c", 'exec "$@" <&-', "bash", *finsent_command("inference.predict")]
     result = subprocess.run(
         command, cwd=exported_project, env={**os.environ, **SOURCE_ENV}, capture_output=True
     )
@@ -287,7 +287,7 @@ def max_rss_kib(project, stdin_file) -> int:
     """Run finsent-predict on `stdin_file`; its peak resident memory (KiB), read from its own rusage."""
     with stdin_file.open("rb") as stdin:
         process = subprocess.Popen(
-            [*finsent_command("serving.predict"), "-o", str(stdin_file.with_suffix(".out.jsonl"))],
+            [*finsent_command("inference.predict"), "-o", str(stdin_file.with_suffix(".out.jsonl"))],
             cwd=project,
             env={**os.environ, **SOURCE_ENV},
             stdin=stdin,
@@ -315,15 +315,15 @@ def test_a_10_mb_line_is_classified_in_little_memory(exported_project, tmp_path)
     assert len((tmp_path / "long.out.jsonl").read_text().splitlines()) == 1
 
 
-def test_help_needs_no_settings_and_a_bad_serve_section_is_one_line_when_predicting(tmp_path):
-    # A bad serve section concerns the run, not `--help`.
-    (tmp_path / "params.yaml").write_text("serve:\n  max_texts: lots\n")
+def test_help_needs_no_settings_and_a_bad_inference_section_is_one_line_when_predicting(tmp_path):
+    # A bad inference section concerns the run, not `--help`; the server's section is not read.
+    (tmp_path / "params.yaml").write_text("inference:\n  batch_size: lots\nserve:\n  max_texts: lots\n")
     status, stdout, _ = predict(tmp_path, "--help")
     assert status == 0
     assert "usage: finsent-predict" in stdout
     status, _, stderr = predict(tmp_path, "Fed holds rates", check=False)
     assert status == 1
     assert stderr == (
-        "error: serve setting max_texts (flag, FINSENT_SERVE_MAX_TEXTS or params.yaml serve.max_texts): "
+        "error: setting batch_size (flag, FINSENT_BATCH_SIZE or params.yaml inference.batch_size): "
         "Input should be a valid integer, unable to parse string as an integer\n"
     )

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer
 from finsent.calibration import save_temperature
 from finsent.data import SOURCE_FILES, read_source_csv
 from finsent.export import export_onnx
+from finsent.inference.predictors import OnnxPredictor
 from finsent.modeling import load_base_model
-from finsent.predictors import OnnxPredictor
 from finsent.quantization import (
     SmoothedLinear,
     input_channel_maxima,

@@ -16,9 +16,10 @@ from conftest import PROJECT, SOURCE_ENV, finsent_command
 from live_server import access_log, free_port, image_copy, metric, running_server, wait_for_waiting_texts
 from ruamel.yaml import YAML
 
-from finsent.predictors import ONNX_FILES, OnnxPredictor
-from finsent.serving.model_version import model_version
-from finsent.serving.settings import ServeSettings
+from finsent.inference.api.settings import ServeSettings
+from finsent.inference.model_version import model_version
+from finsent.inference.predictors import ONNX_FILES, OnnxPredictor
+from finsent.inference.settings import PredictorSettings
 
 TEXTS = ["$AAPL beats estimates, shares up 5%", "Fed holds rates", "$TSLA deliveries miss"]
 MAX_BODY_BYTES = 4 * (12 * 50 + 8) + 1024
@@ -315,10 +316,12 @@ def test_the_image_healthcheck_asks_the_configured_port(server):
     assert healthcheck(free_port()) != 0  # nothing listens there
 
 
-def test_settings_defaults_are_params_yaml_serve_section(tmp_path, monkeypatch):
+@pytest.mark.parametrize("settings", [ServeSettings, PredictorSettings])
+def test_settings_defaults_are_their_params_yaml_section(settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the built-in defaults
-    section = YAML(typ="safe").load((PROJECT / "params.yaml").read_text(encoding="utf-8"))["serve"]
-    defaults = ServeSettings().model_dump(mode="json")
+    params = YAML(typ="safe").load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    section = params[settings.params_section]
+    defaults = settings().model_dump(mode="json")
     assert defaults == {name: section.get(name, defaults[name]) for name in defaults}
     assert set(section) <= set(defaults)
 
@@ -355,7 +358,7 @@ def test_model_threads_reach_the_runtime(exported_project):
 
 def test_negative_model_threads_stop_the_server_before_it_starts(exported_project):
     result = subprocess.run(
-        [*finsent_command("serving.server"), "--model-threads", "-1"],
+        [*finsent_command("inference.api.server"), "--model-threads", "-1"],
         cwd=exported_project,
         env={**os.environ, **SOURCE_ENV},
         capture_output=True,

@@ -2,9 +2,9 @@
 
 The pipeline core is at the top: `config` (params.yaml), `data`, `pretrained` (where a model name
 points), `text` (normalisation), `tokenization`, `modeling`, `training`, `distributed`, `metrics`,
-`predictors` (PyTorch or ONNX Runtime), `export`, `quantization`; `atomic` (outputs written whole),
-`cli` and `errors`. `finsent.serving` holds the predict command and the HTTP API;
-`finsent.experiments` the tools that compare and summarise runs.
+`export`, `quantization`; `atomic` (outputs written whole), `cli` and `errors`. `finsent.inference`
+runs a trained model: the predictors and the three deployables (the HTTP API, the predict command,
+bulk scoring); `finsent.experiments` holds the tools that compare and summarise runs.
 The heavy modules (torch) are not imported here, so that light commands start fast.
 """
 

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from finsent.config import LABELS, Label, read_yaml, validated
 from finsent.errors import FinsentError
-from finsent.predictors import Predictor
+from finsent.inference.predictors import Predictor
 
 KINDS = ("minimum_functionality", "invariance", "directional")
 FAILURE_COLUMNS = ["kind", "case", "text", "expected", "predicted"]

@@ -222,5 +222,6 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise FinsentError(f"{path}: not a mapping of sections (data, model, tokenize, ...)")
-    raw.pop("serve", None)  # not a pipeline param: finsent.serving.settings reads it
+    for section in ("inference", "serve"):  # not pipeline params: finsent.inference reads them
+        raw.pop(section, None)
     return validated(Params, raw, path)

@@ -12,8 +12,8 @@ from transformers import PreTrainedModel
 from finsent.calibration import save_temperature
 from finsent.config import PROBABILITY_COLUMNS, ExportParams, MinAgreement
 from finsent.errors import FinsentError
+from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.metrics import headline_metrics
-from finsent.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
 from finsent.quantization import quantize_int8, smooth_activations
 from finsent.strict_csv import read_csv_frame
 from finsent.text import save_text_processing

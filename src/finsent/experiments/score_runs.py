@@ -29,8 +29,8 @@ from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.errors import FinsentError
+from finsent.inference.predictors import TorchPredictor
 from finsent.metrics import headline_metrics
-from finsent.predictors import TorchPredictor
 
 
 def dvc_get(path: str, rev: str, out: Path) -> Path:

@@ -1,6 +1,6 @@
 """The `finsent-serve` command: the classifier behind an HTTP API (FastAPI on uvicorn), loaded once.
 
-Concurrent requests share model runs (`finsent.serving.batching`); each request is logged as one JSON
+Concurrent requests share model runs (`finsent.inference.api.batching`); each request is logged as one JSON
 line on stdout; metrics at /metrics. Limits against hostile or broken clients: header and body size,
 time to send a request, open connections, texts waiting for the model. SIGTERM stops accepting
 connections, gives the requests in flight shutdown_timeout_s to be answered (a 503 for those left),
@@ -22,18 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from finsent import __version__
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, Backend
-from finsent.predictors import Predictor, load_predictor, model_folder
-from finsent.serving.batching import Batcher, Overloaded
-from finsent.serving.limits import (
+from finsent.inference.api.batching import Batcher, Overloaded
+from finsent.inference.api.limits import (
     RETRY_AFTER,
     BodyLimit,
     ConnectionLimit,
     FailureAnswers,
     LimitedHttpProtocol,
 )
-from finsent.serving.model_version import model_version
-from finsent.serving.observability import AccessLog, Metrics, log_access_to_stdout
-from finsent.serving.schemas import (
+from finsent.inference.api.observability import AccessLog, Metrics, log_access_to_stdout
+from finsent.inference.api.schemas import (
     ErrorMessage,
     ModelStatus,
     Prediction,
@@ -42,7 +40,10 @@ from finsent.serving.schemas import (
     class_probabilities,
     predict_request,
 )
-from finsent.serving.settings import ServeSettings, load_serve_settings
+from finsent.inference.api.settings import ServeSettings
+from finsent.inference.model_version import model_version
+from finsent.inference.predictors import Predictor, load_predictor, model_folder
+from finsent.inference.settings import PredictorSettings, load_settings
 
 MAX_REPORTED_ERRORS = 10
 MAX_LOC_CHARS = 64
@@ -59,7 +60,7 @@ def create_app(
         batcher = Batcher(
             predictor.predict_proba,
             window_s=settings.batch_window_ms / 1000,
-            max_batch=settings.batch_size,
+            max_batch=predictor.batch_size,
             max_queued=settings.max_queued_texts,
             on_batch=metrics.batch_texts.observe,
         )
@@ -165,8 +166,10 @@ def main() -> None:
         prog="finsent-serve",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Each flag's default comes from FINSENT_SERVE_<FLAG>, else params.yaml's serve section, "
-        "else the built-in default (finsent/serving/settings.py), as do the settings without a flag.",
+        epilog="Which model (--backend, --model-dir, --exported-dir, and the batch size): FINSENT_<SETTING>, "
+        "else params.yaml's inference section, else the default (finsent/inference/settings.py). The "
+        "server's own settings: FINSENT_SERVE_<SETTING>, else params.yaml's serve section, else the "
+        "default (finsent/inference/api/settings.py). A flag overrides either.",
     )
     parser.add_argument("-b", "--backend", choices=BACKENDS, help="runtime and model")
     parser.add_argument("--model-threads", type=int, help="cores one model run uses, 0 for all")
@@ -174,18 +177,18 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--model-dir", type=Path, help="train stage output")
     parser.add_argument("--exported-dir", type=Path, help="export stage output")
-    settings = load_serve_settings(**vars(parser.parse_args()))
+    args = parser.parse_args()
+    model = load_settings(
+        PredictorSettings, backend=args.backend, model_dir=args.model_dir, exported_dir=args.exported_dir
+    )
+    settings = load_settings(ServeSettings, model_threads=args.model_threads, host=args.host, port=args.port)
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
     predictor = load_predictor(
-        settings.backend,
-        settings.model_dir,
-        settings.exported_dir,
-        settings.batch_size,
-        settings.model_threads,
+        model.backend, model.model_dir, model.exported_dir, model.batch_size, settings.model_threads
     )
-    version = model_version(model_folder(settings.backend, settings.model_dir, settings.exported_dir))
-    metrics = Metrics(settings.backend, version)
-    app = create_app(predictor, settings.backend, version, settings, metrics)
+    version = model_version(model_folder(model.backend, model.model_dir, model.exported_dir))
+    metrics = Metrics(model.backend, version)
+    app = create_app(predictor, model.backend, version, settings, metrics)
     log_access_to_stdout()
     protocol = partial(
         LimitedHttpProtocol,

@@ -17,9 +17,9 @@ from finsent.atomic import atomic_file
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
-from finsent.predictors import ONNX_FILES, load_predictor
-from finsent.serving.schemas import PROBABILITY_DECIMALS, class_probabilities
-from finsent.serving.settings import load_serve_settings
+from finsent.inference.api.schemas import PROBABILITY_DECIMALS, class_probabilities
+from finsent.inference.predictors import ONNX_FILES, load_predictor
+from finsent.inference.settings import PredictorSettings, load_settings
 from finsent.strict_csv import read_csv_rows
 from finsent.text import first_blank
 
@@ -176,20 +176,23 @@ def main() -> None:
         "-b",
         "--backend",
         choices=BACKENDS,
-        help=f"runtime and model (default: serve.backend): ONNX from --exported-dir "
+        help=f"runtime and model (default: inference.backend): ONNX from --exported-dir "
         f"({', '.join(ONNX_FILES.values())}), PyTorch from --model-dir",
     )
-    parser.add_argument("--model-dir", type=Path, help="train stage output (default: serve.model_dir)")
-    parser.add_argument("--exported-dir", type=Path, help="export stage output (default: serve.exported_dir)")
+    parser.add_argument("--model-dir", type=Path, help="train stage output (default: inference.model_dir)")
     parser.add_argument(
-        "--batch-size", type=positive_int, help="texts a model run, at most (default: serve.batch_size)"
+        "--exported-dir", type=Path, help="export stage output (default: inference.exported_dir)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, help="texts a model run, at most (default: inference.batch_size)"
     )
     parser.epilog = (
-        "Defaults come from FINSENT_SERVE_<SETTING>, else params.yaml's serve section, else the built-in "
-        "default (finsent/serving/settings.py)."
+        "Defaults come from FINSENT_<SETTING>, else params.yaml's inference section, else the built-in "
+        "default (finsent/inference/settings.py)."
     )
     args = parser.parse_args()
-    settings = load_serve_settings(
+    settings = load_settings(
+        PredictorSettings,
         backend=args.backend,
         model_dir=args.model_dir,
         exported_dir=args.exported_dir,

@@ -36,10 +36,10 @@ from finsent.atomic import atomic_file
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
-from finsent.predictors import load_predictor, model_folder, onnx_providers
-from finsent.serving.model_version import model_version
-from finsent.serving.predict import positive_int
-from finsent.serving.settings import load_serve_settings
+from finsent.inference.model_version import model_version
+from finsent.inference.predict import positive_int
+from finsent.inference.predictors import load_predictor, model_folder, onnx_providers
+from finsent.inference.settings import PredictorSettings, load_settings
 from finsent.text import first_blank
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -514,7 +514,7 @@ def score_pending(
 
 
 def main() -> None:
-    settings = load_serve_settings()
+    settings = load_settings(PredictorSettings)
     parser = argparse.ArgumentParser(
         prog="finsent-score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

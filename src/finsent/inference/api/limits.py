@@ -29,7 +29,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from finsent.serving.observability import REQUEST_ID_HEADER, new_request_id
+from finsent.inference.api.observability import REQUEST_ID_HEADER, new_request_id
 
 RETRY_AFTER = {"Retry-After": "1"}
 OVER_CONNECTION_LIMIT = "finsent.over_connection_limit"

@@ -1,0 +1,1 @@
+"""The HTTP API (`finsent-serve`): the app, its request bodies, limits, batching and observability."""
