@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from finsent.inference.api.batching import Batcher, Overloaded
-from finsent.inference.predictors import ONNX_FILES, OnnxPredictor
+from finsent.inference.predictors import OnnxPredictor, onnx_file
 
 REQUESTS = [
     ["$AAPL beats estimates"],
@@ -16,7 +16,7 @@ REQUESTS = [
 @pytest.fixture(scope="module")
 def fp32(exported_project) -> OnnxPredictor:
     """The fp32 model: a text's probabilities do not depend on the other texts of its batch."""
-    return OnnxPredictor(exported_project / "exported" / ONNX_FILES["onnx_fp32"], 32)
+    return OnnxPredictor(onnx_file("onnx_fp32", exported_project / "exported"), 32)
 
 
 def uniform(texts: list[str]) -> np.ndarray:

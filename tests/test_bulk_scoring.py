@@ -25,7 +25,7 @@ from finsent.config import LABELS, PROBABILITY_COLUMNS, ExportParams
 from finsent.errors import FinsentError
 from finsent.inference.batch import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
 from finsent.inference.model_version import model_version
-from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
+from finsent.inference.predictors import OnnxPredictor, TorchPredictor, onnx_file
 
 UNIT_ROWS = 250
 BIG_ROWS = 20_000
@@ -251,7 +251,7 @@ def test_every_row_once_with_the_int8_models_probabilities(project, runs):
     assert set(out["model_version"]) == {model_version(project / "exported")}
     assert '"complete": true' in (project / "out" / MANIFEST).read_text()
     # Each file holds its unit's rows, scored exactly as the predictor scores those texts.
-    predictor = OnnxPredictor(project / "exported" / ONNX_FILES["onnx_int8"], 32)
+    predictor = OnnxPredictor(onnx_file("onnx_int8", project / "exported"), 32)
     texts = validation().set_index("id")["text"]
     small_units = sorted(path for path in (project / "out").glob("*.parquet") if "big" not in path.name)
     assert len(small_units) == 4 + 3 + 4  # 900, 700 and 788 rows
@@ -385,7 +385,7 @@ def test_a_missing_model_is_one_line_and_leaves_the_folder_to_the_next_run(
                 project, monkeypatch, "in/a.csv", "-o", str(tmp_path / "out"), "--exported-dir", attempt
             )
         assert str(error.value).startswith(
-            f"{project / attempt / ONNX_FILES['onnx_int8']}: no exported model here"
+            f"{onnx_file('onnx_int8', project / attempt)}: no exported model here"
         )
     assert [path.name for path in (tmp_path / "out").iterdir()] == [MANIFEST]
 

@@ -7,15 +7,10 @@ import pandas as pd
 import pytest
 from scipy.special import softmax
 
-from finsent.calibration import (
-    CALIBRATION_FILE,
-    fit_temperature,
-    load_temperature,
-    save_temperature,
-    scaled_log_loss,
-)
+from finsent.calibration import fit_temperature, scaled_log_loss
 from finsent.errors import FinsentError
 from finsent.metrics import expected_calibration_error, reliability_bins
+from finsent.temperature import CALIBRATION_FILE, load_temperature, save_temperature
 
 
 def calibrated_logits(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -17,13 +17,13 @@ from conftest import (
 )
 from scipy.special import softmax
 
-from finsent.calibration import CALIBRATION_FILE
 from finsent.config import MinAgreement, load_params
 from finsent.data import SOURCE_FILES, read_jsonl, read_source_csv, to_jsonl
 from finsent.errors import FinsentError
-from finsent.export import check_agreement, reference_probabilities
-from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
+from finsent.export import GATES, check_agreement, reference_probabilities
+from finsent.inference.predictors import FP32_FILE, INT8_FILES, OnnxPredictor, TorchPredictor
 from finsent.metrics import expected_calibration_error, headline_metrics, predictions_table
+from finsent.temperature import CALIBRATION_FILE
 
 SPLITS = [f"data/raw/{split}.jsonl" for split in ("validation", "dev", "train")]
 PREDICTIONS = "plots/predictions.csv"
@@ -46,10 +46,14 @@ def export_stage(project, check=False):
 
 def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_project):
     exported = exported_project / "exported"
-    assert {"model.onnx", "model_int8.onnx", "tokenizer.json", "tokenizer_config.json"} <= {
-        path.name for path in exported.iterdir()
-    }
-    for file_name in ONNX_FILES.values():
+    assert {
+        "model.onnx",
+        "model_int8.onnx",
+        "model_int8_u8.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= {path.name for path in exported.iterdir()}
+    for file_name in (FP32_FILE, *INT8_FILES.values()):
         onnx.checker.check_model(exported / file_name)
     metrics = json.loads((exported_project / "metrics/export.json").read_text())
     batch_size = load_params(exported_project / "params.yaml").export.batch_size
@@ -65,15 +69,22 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
     fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]
     assert set(fp32) == {"file_mb", "batch_32"}  # the same function in fp32: in batches, padded
     assert set(int8) == {"file_mb", "batch_1", "batch_32", "dev"}
+    assert set(metrics["onnx_int8_unsigned"]) == {"file_mb", "batch_32"}
     assert fp32["batch_32"]["agreement_with_pytorch"] == 1.0
     assert fp32["batch_32"]["max_abs_probability_difference"] < 1e-3
     assert fp32["batch_32"]["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
     for batch in ("batch_1", "batch_32"):
         assert 0 < int8[batch]["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly
-    for backend, sizes in {"onnx_fp32": [batch_size], "onnx_int8": [1, batch_size]}.items():
-        for size in sizes:
-            probabilities = OnnxPredictor(exported / ONNX_FILES[backend], size).predict_proba(texts)
-            recorded = metrics[backend][f"batch_{size}"]
+    files = {
+        "onnx_fp32": FP32_FILE,
+        "onnx_int8": INT8_FILES["signed"],
+        "onnx_int8_unsigned": INT8_FILES["unsigned"],
+    }
+    sizes = {"onnx_fp32": [batch_size], "onnx_int8": [1, batch_size], "onnx_int8_unsigned": [batch_size]}
+    for name, file_name in files.items():
+        for size in sizes[name]:
+            probabilities = OnnxPredictor(exported / file_name, size).predict_proba(texts)
+            recorded = metrics[name][f"batch_{size}"]
             assert recorded["macro_f1"] == pytest.approx(headline_metrics(labels, probabilities)["macro_f1"])
             assert recorded["agreement_with_pytorch"] == pytest.approx(
                 (probabilities.argmax(axis=1) == pytorch.argmax(axis=1)).mean()
@@ -87,7 +98,7 @@ def test_export_carries_the_temperature_and_onnx_applies_it_as_pytorch_does(expo
     validation = read_jsonl(exported_project / "data/raw/validation.jsonl")
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
     pytorch = TorchPredictor.from_dir(models, batch_size=64).predict_proba(texts)
-    fp32 = OnnxPredictor(exported / ONNX_FILES["onnx_fp32"], 64)
+    fp32 = OnnxPredictor(exported / FP32_FILE, 64)
     np.testing.assert_allclose(fp32.predict_proba(texts), pytorch, atol=5e-4, rtol=0)
     logits = fp32.batch_logits(fp32.normalize(texts[:8]))
     np.testing.assert_allclose(
@@ -95,7 +106,7 @@ def test_export_carries_the_temperature_and_onnx_applies_it_as_pytorch_does(expo
     )
     # The int8 model as served: its calibration error on validation, alone and in batches.
     metrics = json.loads((exported_project / "metrics/export.json").read_text())["onnx_int8"]
-    int8_file = exported / ONNX_FILES["onnx_int8"]
+    int8_file = exported / INT8_FILES["signed"]
     for size in (1, 32):
         int8 = OnnxPredictor(int8_file, size).predict_proba(texts)
         assert metrics[f"batch_{size}"]["expected_calibration_error"] == pytest.approx(
@@ -106,7 +117,7 @@ def test_export_carries_the_temperature_and_onnx_applies_it_as_pytorch_does(expo
 def test_int8_gives_each_validation_text_the_same_probabilities_in_any_batch(exported_project):
     metrics = json.loads((exported_project / "metrics/export.json").read_text())
     texts = read_jsonl(exported_project / "data/raw/validation.jsonl")["text"].tolist()
-    int8_file = exported_project / "exported" / ONNX_FILES["onnx_int8"]
+    int8_file = exported_project / "exported" / INT8_FILES["signed"]
     alone = OnnxPredictor(int8_file, 1).predict_proba(texts)
     for batch_size in (7, 32, 200):  # 200: every text in one batch, padded to the longest
         in_batches = OnnxPredictor(int8_file, batch_size).predict_proba(texts)
@@ -120,7 +131,7 @@ def test_export_compares_int8_on_dev_too(exported_project):
     dev_texts = read_jsonl(exported_project / "data/raw/dev.jsonl")["text"].tolist()
     pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size).predict_proba(dev_texts)
     # Each text alone, as the API sees one.
-    int8_file = exported_project / "exported" / ONNX_FILES["onnx_int8"]
+    int8_file = exported_project / "exported" / INT8_FILES["signed"]
     probabilities = OnnxPredictor(int8_file, 1).predict_proba(dev_texts)
     difference = np.abs(probabilities - pytorch)
     assert metrics["onnx_int8"]["dev"] == pytest.approx(
@@ -169,15 +180,15 @@ def smoothing_scales(onnx_file) -> list[str]:
 
 def test_int8_is_quantized_from_the_smoothed_model_unless_alpha_is_null(exported_project, tmp_path):
     exported = exported_project / "exported"
-    assert smoothing_scales(exported / ONNX_FILES["onnx_fp32"]) == []
+    assert smoothing_scales(exported / FP32_FILE) == []
     # Every linear layer: 6 in each of the 2 blocks, the pooler and the classifier.
-    assert len(smoothing_scales(exported / ONNX_FILES["onnx_int8"])) == 6 * 2 + 2
+    assert len(smoothing_scales(exported / INT8_FILES["signed"])) == 6 * 2 + 2
     assert "smoothed_fp32.onnx" not in {path.name for path in exported.iterdir()}
 
     result = export_beside(exported_project, tmp_path, export__smoothing_alpha=None)
     assert result.returncode == 0
     assert beyond_progress(result.stderr) == []  # no warning from tracing, quantizing or loading the model
-    assert smoothing_scales(tmp_path / "exported" / ONNX_FILES["onnx_int8"]) == []
+    assert smoothing_scales(tmp_path / "exported" / INT8_FILES["signed"]) == []
 
 
 def test_export_below_the_agreement_threshold_fails_and_writes_nothing(exported_project, tmp_path):
@@ -226,17 +237,22 @@ def gate_metrics(agreements: dict[str, dict[int, float]]) -> dict:
         ("onnx_int8", 32, "export.min_agreement.onnx_int8: in batches of 32, the onnx_int8 model gives "),
         ("onnx_fp32", 32, "export.min_agreement.onnx_fp32: in batches of 32, the onnx_fp32 model gives "),
         ("onnx_int8", 1, "export.min_agreement.onnx_int8: in batches of 1, the onnx_int8 model gives "),
+        (
+            "onnx_int8_unsigned",
+            32,
+            "export.min_agreement.onnx_int8: in batches of 32, the onnx_int8_unsigned model gives ",
+        ),
     ],
 )
 def test_agreement_gate_applies_at_each_batch_size(backend, failing_size, message):
     minimum = MinAgreement(onnx_fp32=0.995, onnx_int8=0.99)
-    agreements = {name: {1: 1.0, 32: 1.0} for name in ONNX_FILES}
-    sizes = {name: [1, 32] for name in ONNX_FILES}
+    agreements = {name: {1: 1.0, 32: 1.0} for name in GATES}
+    sizes = {name: [1, 32] for name in GATES}
     check_agreement(gate_metrics(agreements), sizes, minimum)
     agreements[backend][failing_size] = 0.9
     with pytest.raises(FinsentError) as raised:
         check_agreement(gate_metrics(agreements), sizes, minimum)
-    asked = getattr(minimum, backend)
+    asked = getattr(minimum, GATES[backend])
     assert str(raised.value) == (
         f"{message}PyTorch's label on 90.00% of the validation texts, under the {asked:.2%} asked"
     )
@@ -267,7 +283,7 @@ def test_export_stage_exports_other_encoders_quietly(tmp_path, small_mirror, arc
     assert result.returncode == 0, result.stderr
     assert beyond_progress(result.stderr) == []
     metrics = json.loads((project / "metrics/export.json").read_text())
-    for file_name in ONNX_FILES.values():
+    for file_name in (FP32_FILE, *INT8_FILES.values()):
         inputs = [node.name for node in onnx.load(project / "exported" / file_name).graph.input]
         assert inputs == ["input_ids", "attention_mask"]
     assert metrics["onnx_int8"]["batch_32"]["labels_differing_from_batch_1"] == 0

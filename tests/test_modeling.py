@@ -15,7 +15,6 @@ from conftest import (
 from scipy.special import softmax
 from transformers import AutoTokenizer
 
-from finsent.calibration import CALIBRATION_FILE
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
 from finsent.inference.predictors import TorchPredictor
@@ -27,6 +26,7 @@ from finsent.modeling import (
     save_classifier,
     with_lora,
 )
+from finsent.temperature import CALIBRATION_FILE
 from finsent.text import NORMALIZATION_FILE, TextNormalization
 
 LORA = LoraParams(enabled=True, r=4, alpha=8, dropout=0.0, target_modules="auto")

@@ -3,13 +3,14 @@ import onnx
 import pytest
 import torch
 from conftest import tiny_checkpoint
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from scipy.special import softmax
 from transformers import AutoTokenizer
 
-from finsent.calibration import save_temperature
 from finsent.data import SOURCE_FILES, read_source_csv
 from finsent.export import export_onnx
+from finsent.inference.cpu import Cpu, this_cpu
 from finsent.inference.predictors import OnnxPredictor
 from finsent.modeling import load_base_model
 from finsent.quantization import (
@@ -17,8 +18,10 @@ from finsent.quantization import (
     input_channel_maxima,
     quantize_int8,
     smooth_activations,
+    unsigned_copy,
     weight_nodes,
 )
+from finsent.temperature import save_temperature
 from finsent.text import TextNormalization, save_text_processing
 
 TEXTS = [
@@ -98,8 +101,11 @@ def test_int8_gives_a_text_the_same_probabilities_alone_and_in_a_padded_batch(
     _, int8_file = exported_pair(tmp_path, architecture, tweets(small_mirror, "train")[:64])
     by_length = sorted(tweets(small_mirror, "validation"), key=len)
     short, longest = by_length[:16], by_length[::-1][:31]
-    tokenizer = OnnxPredictor(int8_file, 1).tokenizer
-    assert max(len(tokenizer(text).input_ids) for text in short) < len(tokenizer(longest[0]).input_ids)
+    encode = OnnxPredictor(int8_file, 1).encode
+    assert (
+        max(encode([text])["input_ids"].shape[1] for text in short)
+        < encode(longest[:1])["input_ids"].shape[1]
+    )
 
     alone, in_batch = alone_and_in_a_padded_batch(int8_file, short, longest)
     np.testing.assert_array_equal(alone.argmax(axis=1), in_batch.argmax(axis=1))
@@ -140,9 +146,9 @@ def test_int8_has_fixed_activation_ranges_and_int8_weights_only(tmp_path, small_
 
     products = {node.name: stored_8_bit_input(node) for node in graph.node if node.name in fp32_nodes}
     assert {name for name, data_type in products.items() if data_type is not None} == quantized
-    # Linear weights unsigned, as the activations (u8 x u8: no saturation on CPUs without VNNI), per
-    # output channel; the embedding tables stored as they were.
-    assert {products[name] for name in quantized} == {onnx.TensorProto.UINT8}
+    # Linear weights signed (u8 x s8: the VNNI and AMX instruction), per output channel; the embedding
+    # tables stored as they were.
+    assert {products[name] for name in quantized} == {onnx.TensorProto.INT8}
     lookups = [node for node in graph.node if node.op_type == "Gather" and node.input[0] in stored]
     assert lookups
     assert {stored[node.input[0]].data_type for node in lookups} <= {
@@ -156,3 +162,59 @@ def test_int8_has_fixed_activation_ranges_and_int8_weights_only(tmp_path, small_
     activations = [node for node in graph.node if node.op_type == "QuantizeLinear"]
     assert len(activations) >= 12
     assert all(node.input[1] in stored and node.input[2] in stored for node in activations)
+
+
+def dequantized_weights(model_file) -> dict[str, np.ndarray]:
+    """Each stored 8-bit weight as its DequantizeLinear gives it: (w - zero point) * scale, per channel."""
+    graph = onnx.load(model_file).graph
+    stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    weights = {}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and stored.get(node.input[0]) is not None:
+            values, scale, zero_point = (stored[name] for name in node.input)
+            if values.dtype in (np.int8, np.uint8):
+                axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 1)
+                shape = [-1 if dimension == axis else 1 for dimension in range(values.ndim)]
+                offsets = values.astype(np.int32) - zero_point.astype(np.int32).reshape(shape)
+                weights[node.output[0]] = offsets * scale.reshape(shape)
+    return weights
+
+
+def test_the_unsigned_copy_dequantizes_to_the_same_weights_and_changes_nothing_else(tmp_path, small_mirror):
+    _, int8_file = exported_pair(tmp_path, "bert", tweets(small_mirror, "train")[:64])
+    unsigned_file = tmp_path / "model_int8_u8.onnx"
+    unsigned_copy(int8_file, unsigned_file)
+    signed, unsigned = dequantized_weights(int8_file), dequantized_weights(unsigned_file)
+    assert len(signed) == 12 and signed.keys() == unsigned.keys()
+    for name, values in signed.items():
+        np.testing.assert_array_equal(unsigned[name], values)
+    stored = {tensor.name: tensor for tensor in onnx.load(unsigned_file).graph.initializer}
+    assert onnx.TensorProto.INT8 not in {tensor.data_type for tensor in stored.values()}
+    unchanged = [t for t in onnx.load(int8_file).graph.initializer if t.data_type != onnx.TensorProto.INT8]
+    assert unchanged and all(stored[tensor.name] == tensor for tensor in unchanged)
+    assert [n.op_type for n in onnx.load(unsigned_file).graph.node] == [
+        n.op_type for n in onnx.load(int8_file).graph.node
+    ]
+
+
+@pytest.mark.skipif(
+    not this_cpu().signed_int8_weights, reason="this CPU has no exact u8 x s8 product (VNNI or AMX)"
+)
+def test_where_both_are_exact_the_two_int8_files_give_the_same_probabilities(tmp_path, small_mirror):
+    _, int8_file = exported_pair(tmp_path, "bert", tweets(small_mirror, "train")[:64])
+    unsigned_copy(int8_file, tmp_path / "model_int8_u8.onnx")
+    texts = tweets(small_mirror, "validation")
+    signed = OnnxPredictor(int8_file, 32).predict_proba(texts)
+    unsigned = OnnxPredictor(tmp_path / "model_int8_u8.onnx", 32).predict_proba(texts)
+    assert np.abs(signed - unsigned).max() < 1e-6
+
+
+def test_a_cpu_gets_signed_int8_weights_only_with_vnni_or_amx():
+    def cpu(*flags):
+        return Cpu("test", "x86_64", frozenset(flags), 2)
+
+    assert not cpu("avx2", "fma").signed_int8_weights
+    assert not cpu("avx2", "avx512f", "avx512bw").signed_int8_weights  # AVX-512 without VNNI
+    assert not cpu().signed_int8_weights  # flags unknown: the format that is exact everywhere
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert cpu("avx2", flag).signed_int8_weights

@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 
 from finsent.inference.api.settings import ServeSettings
 from finsent.inference.model_version import model_version
-from finsent.inference.predictors import ONNX_FILES, OnnxPredictor
+from finsent.inference.predictors import OnnxPredictor, onnx_file
 from finsent.inference.settings import PredictorSettings
 
 TEXTS = ["$AAPL beats estimates, shares up 5%", "Fed holds rates", "$TSLA deliveries miss"]
@@ -71,7 +71,7 @@ def test_predict_gives_one_result_per_text_in_order(server, image_folder):
     assert response.status_code == 200
     body = response.json()
     assert (body["backend"], body["model_version"]) == ("onnx_int8", model_version(image_folder / "exported"))
-    expected = OnnxPredictor(image_folder / "exported" / ONNX_FILES["onnx_int8"], 32).predict_proba(TEXTS)
+    expected = OnnxPredictor(onnx_file("onnx_int8", image_folder / "exported"), 32).predict_proba(TEXTS)
     got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert all(value == round(value, 6) for value in got.flat)  # not float32's digits widened
@@ -243,7 +243,7 @@ def test_concurrent_requests_share_one_model_run_and_each_gets_its_own_answers(b
         answers = list(pool.map(lambda t: batching_server.post("/v1/predict", json={"texts": t}), requests))
     assert metric(batching_server, "finsent_batch_texts_count") == runs + 1  # one run for all 7 texts
     assert metric(batching_server, "finsent_batch_texts_sum") == texts + 7
-    fp32 = OnnxPredictor(image_folder / "exported" / ONNX_FILES["onnx_fp32"], 32)
+    fp32 = OnnxPredictor(onnx_file("onnx_fp32", image_folder / "exported"), 32)
     for request, answer in zip(requests, answers, strict=True):
         got = np.array([list(p["probabilities"].values()) for p in answer.json()["predictions"]])
         np.testing.assert_allclose(got, fp32.predict_proba(request), atol=1e-5)
@@ -351,7 +351,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(ser
 
 
 def test_model_threads_reach_the_runtime(exported_project):
-    model_file = exported_project / "exported" / ONNX_FILES["onnx_int8"]
+    model_file = onnx_file("onnx_int8", exported_project / "exported")
     assert OnnxPredictor(model_file, 32, threads=1).session.get_session_options().intra_op_num_threads == 1
     assert OnnxPredictor(model_file, 32).session.get_session_options().intra_op_num_threads == 0  # all cores
 

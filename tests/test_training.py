@@ -8,11 +8,11 @@ from datasets import Dataset
 from sklearn.metrics import log_loss
 from transformers import AutoTokenizer
 
-from finsent.calibration import load_temperature
 from finsent.config import LoraParams, TrainParams
 from finsent.data import SOURCE_FILES, read_source_csv
 from finsent.inference.predictors import TorchPredictor
 from finsent.modeling import save_classifier
+from finsent.temperature import load_temperature
 from finsent.text import TextNormalization
 from finsent.tokenization import tokenize_frame
 from finsent.training import calibrate_on_dev, classification_loss, train_classifier

@@ -1,22 +1,15 @@
 """Temperature scaling (Guo et al., 2017): the logits divided by one scalar T before the softmax.
 
 T is fitted on dev by the train stage, after the epoch is chosen, and saved beside the model
-(`CALIBRATION_FILE`); the export stage carries it into its folder, and every predictor applies it.
+(`finsent.temperature`); the export stage carries it into its folder, and every predictor applies it.
 Dividing by T keeps each text's label and makes its probabilities say how often that label is right.
 """
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
-
-from finsent.errors import FinsentError
-
-CALIBRATION_FILE = "calibration.json"
-"""Beside the tokenizer in every folder that holds a trained model (train and export outputs)."""
 
 # T is searched within these bounds: see `fit_temperature`.
 _LOG_TEMPERATURE_BOUNDS = (math.log(0.05), math.log(20.0))
@@ -39,30 +32,3 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         method="bounded",
     )
     return math.exp(result.x)
-
-
-def save_temperature(folder: Path, temperature: float) -> None:
-    file = Path(folder) / CALIBRATION_FILE
-    file.write_text(json.dumps({"temperature": temperature}) + "\n", encoding="utf-8")
-
-
-def load_temperature(folder: Path) -> float:
-    """The T that `save_temperature` wrote in `folder`. Its absence is an error: T = 1 would serve
-    the uncalibrated probabilities without a word."""
-    file = Path(folder) / CALIBRATION_FILE
-    try:
-        temperature = json.loads(file.read_text(encoding="utf-8"))["temperature"]
-    except FileNotFoundError:
-        raise FinsentError(
-            f"{file}: missing; every model folder has the temperature the train stage fitted on dev "
-            "(run `dvc repro`)"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-        raise FinsentError(f"{file}: not the JSON object that the pipeline writes") from None
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not 0 < temperature < math.inf
-    ):
-        raise FinsentError(f"{file}: the temperature must be a positive number, not {temperature!r}")
-    return float(temperature)

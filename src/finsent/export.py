@@ -9,13 +9,13 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from finsent.calibration import save_temperature
 from finsent.config import PROBABILITY_COLUMNS, ExportParams, MinAgreement
 from finsent.errors import FinsentError
-from finsent.inference.predictors import ONNX_FILES, OnnxPredictor, TorchPredictor
+from finsent.inference.predictors import FP32_FILE, INT8_FILES, OnnxPredictor, TorchPredictor
 from finsent.metrics import headline_metrics
-from finsent.quantization import quantize_int8, smooth_activations
+from finsent.quantization import quantize_int8, smooth_activations, unsigned_copy
 from finsent.strict_csv import read_csv_frame
+from finsent.temperature import save_temperature
 from finsent.text import save_text_processing
 
 # Two texts of different lengths, so that neither the batch nor the sequence axis is traced as fixed.
@@ -136,16 +136,22 @@ def runtime_metrics(
     return metrics
 
 
+GATES = {"onnx_fp32": "onnx_fp32", "onnx_int8": "onnx_int8", "onnx_int8_unsigned": "onnx_int8"}
+"""The `export.min_agreement` key that each compared model (metrics/export.json's key) must meet."""
+
+
 def check_agreement(metrics: dict, batch_sizes: dict[str, list[int]], min_agreement: MinAgreement) -> None:
     """Raise FinsentError, naming the params key, when an ONNX model, at one of the batch sizes it was
-    compared at (`batch_sizes`, by backend), gives PyTorch's label on fewer validation texts than
+    compared at (`batch_sizes`, by model), gives PyTorch's label on fewer validation texts than
     `min_agreement` asks."""
-    for backend, minimum in min_agreement.model_dump().items():
-        for batch_size in batch_sizes[backend]:
-            agreement = metrics[backend][f"batch_{batch_size}"]["agreement_with_pytorch"]
+    for name, sizes in batch_sizes.items():
+        key = GATES[name]
+        minimum = getattr(min_agreement, key)
+        for batch_size in sizes:
+            agreement = metrics[name][f"batch_{batch_size}"]["agreement_with_pytorch"]
             if agreement < minimum:
                 raise FinsentError(
-                    f"export.min_agreement.{backend}: in batches of {batch_size}, the {backend} model gives "
+                    f"export.min_agreement.{key}: in batches of {batch_size}, the {name} model gives "
                     f"PyTorch's label on {agreement:.2%} of the validation texts, under the "
                     f"{minimum:.2%} asked"
                 )
@@ -154,8 +160,9 @@ def check_agreement(metrics: dict, batch_sizes: dict[str, list[int]], min_agreem
 def write_onnx_models(
     reference: TorchPredictor, out_dir: Path, calibration_texts: list[str], params: ExportParams
 ) -> None:
-    """`reference` as ONNX fp32 and int8 in `out_dir`, with its tokenizer, text normalisation and
-    temperature (the ONNX models give logits: predictors apply T).
+    """`reference` as ONNX fp32 and int8 (its weights signed, and the same weights unsigned) in
+    `out_dir`, with its tokenizer, text normalisation and temperature (the ONNX models give logits:
+    predictors apply T).
 
     The int8 model is quantized from a smoothed copy (unless `params.smoothing_alpha` is None); both the
     smoothing and the int8 activation ranges are calibrated on `params.calibration_texts` texts spread
@@ -164,7 +171,7 @@ def write_onnx_models(
     save_text_processing(out_dir, reference.tokenizer, reference.normalize)
     save_temperature(out_dir, reference.temperature)
     model = reference.model
-    fp32_file, int8_file = out_dir / ONNX_FILES["onnx_fp32"], out_dir / ONNX_FILES["onnx_int8"]
+    fp32_file, int8_file = out_dir / FP32_FILE, out_dir / INT8_FILES["signed"]
     progress(f"exporting {fp32_file.name}")
     export_onnx(model, reference.tokenizer, fp32_file)
     step = max(1, len(calibration_texts) // params.calibration_texts)
@@ -178,6 +185,8 @@ def write_onnx_models(
         export_onnx(model, reference.tokenizer, smoothed_file)
         quantize_int8(smoothed_file, int8_file, reference.tokenizer, calibration)
         smoothed_file.unlink()
+    progress(f"writing {INT8_FILES['unsigned']}")
+    unsigned_copy(int8_file, out_dir / INT8_FILES["unsigned"])
 
 
 def reference_probabilities(predictions_file: Path, validation: pd.DataFrame) -> np.ndarray:
@@ -226,8 +235,9 @@ def export_classifier(
     texts: the compared texts stay unseen). `expected` holds PyTorch's probabilities on `validation`,
     the evaluate stage's own (they are not computed again). The int8 model is compared on `validation`
     alone and in batches of `params.batch_size`, and on `dev_texts` alone (fidelity only: what the
-    export params are tuned on); the fp32 model, the same function in the same precision, in batches of
-    `params.batch_size` (padded, so the masking is checked too).
+    export params are tuned on); its unsigned copy and the fp32 model in batches of `params.batch_size`
+    (padded, so the masking is checked too). On this CPU both int8 files run as its int8 products
+    compute them: the signed one as the predictors run it where the CPU has VNNI or AMX.
 
     Raises FinsentError when an ONNX model's labels, at a batch size it is compared at, agree with
     PyTorch's on fewer validation texts than `params.min_agreement` asks (inside `atomic_dir`, nothing
@@ -239,16 +249,23 @@ def export_classifier(
     expected_dev = reference.predict_proba(dev_texts)  # before smoothing, which rescales the model in place
     metrics = {"pytorch": headline_metrics(labels, expected)}
     write_onnx_models(reference, out_dir, calibration_texts, params)
-    batch_sizes = {"onnx_fp32": [params.batch_size], "onnx_int8": sorted({1, params.batch_size})}
+    batch_sizes = {
+        "onnx_fp32": [params.batch_size],
+        "onnx_int8": sorted({1, params.batch_size}),
+        "onnx_int8_unsigned": [params.batch_size],
+    }
     metrics["onnx_fp32"] = runtime_metrics(
-        out_dir / ONNX_FILES["onnx_fp32"], batch_sizes["onnx_fp32"], validation, expected
+        out_dir / FP32_FILE, batch_sizes["onnx_fp32"], validation, expected
     )
     metrics["onnx_int8"] = runtime_metrics(
-        out_dir / ONNX_FILES["onnx_int8"],
+        out_dir / INT8_FILES["signed"],
         batch_sizes["onnx_int8"],
         validation,
         expected,
         (dev_texts, expected_dev),
+    )
+    metrics["onnx_int8_unsigned"] = runtime_metrics(
+        out_dir / INT8_FILES["unsigned"], batch_sizes["onnx_int8_unsigned"], validation, expected
     )
     check_agreement(metrics, batch_sizes, params.min_agreement)
     return metrics

@@ -17,9 +17,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from finsent.calibration import load_temperature, save_temperature
 from finsent.config import LABELS, LoraParams
 from finsent.errors import FinsentError
+from finsent.temperature import load_temperature, save_temperature
 from finsent.text import TextNormalization, load_text_processing, save_text_processing
 
 LORA_TARGETS = {

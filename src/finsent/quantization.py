@@ -1,4 +1,4 @@
-"""Int8 copy of the exported classifier: activation smoothing, then ONNX Runtime's static quantization.
+"""Int8 copies of the exported classifier: activation smoothing, then ONNX Runtime's static quantization.
 
 Static: every activation that enters an int8 matrix product has one range, fixed at export from the
 calibration texts. A text's result then depends on that text alone, not on the texts batched with it nor
@@ -19,8 +19,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -126,17 +128,16 @@ def quantize_int8(
 ) -> None:
     """Static quantization of the linear layers of `fp32_file` into `int8_file`.
 
-    Linear weights are uint8 with a range per output channel, like the activations (u8 x u8 products):
-    x86 CPUs without VNNI compute u8 x s8 products in pairs that saturate 16 bits, which int8 weights
-    avoid only in 7 bits (reduce_range); on all-mpnet-base-v2 those 7 bits left the int8 model at 98.95%
-    of dev labels as PyTorch's, 8 unsigned bits at 99.27% (mean probability error 0.0101 -> 0.0070). The
-    embedding tables stay fp32 (see `weight_nodes`). Each product's input
-    is uint8 with one range: the smallest and largest value it takes on `calibration_texts` (MinMax). The
-    smoothing scales come from the same texts' channel maxima, and MinMax keeps those maxima in range,
-    where a percentile or entropy range clips the outliers that smoothing kept; ONNX Runtime's histogram
-    calibrators (percentile, entropy, distribution) also stack every activation of every text, which
-    needs one padded length for all and the memory for all. The products' outputs stay fp32 (ONNX
-    Runtime fuses each into MatMulIntegerToFloat), as after dynamic quantization: no second rounding.
+    Linear weights are signed 8-bit, symmetric, with a range per output channel; activations unsigned
+    8-bit (u8 x s8 products: the exact, fast int8 instruction of x86 CPUs with VNNI or AMX;
+    `finsent.inference.cpu`). `unsigned_copy` stores the same weights unsigned, for CPUs without them.
+    The embedding tables stay fp32 (see `weight_nodes`). Each product's input is uint8 with one range:
+    the smallest and largest value it takes on `calibration_texts` (MinMax). The smoothing scales come
+    from the same texts' channel maxima, and MinMax keeps those maxima in range, where a percentile or
+    entropy range clips the outliers that smoothing kept; ONNX Runtime's histogram calibrators
+    (percentile, entropy, distribution) also stack every activation of every text, which needs one
+    padded length for all and the memory for all. The products' outputs stay fp32 (ONNX Runtime fuses
+    each into MatMulIntegerToFloat), as after dynamic quantization: no second rounding.
     """
     with tempfile.TemporaryDirectory(prefix="finsent-quantize-") as scratch:
         # Shape inference and graph optimization, as ONNX Runtime asks before quantizing. auto_merge: the
@@ -154,7 +155,30 @@ def quantize_int8(
             nodes_to_quantize=weight_nodes(prepared),
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"], "WeightSymmetric": True},
         )
+
+
+def unsigned_copy(signed_file: Path, unsigned_file: Path) -> None:
+    """`signed_file` with every signed 8-bit tensor (the weights and their zero points) stored unsigned,
+    shifted by 128: each weight dequantizes to exactly the same value, so the model computes the same
+    function.
+
+    For x86 CPUs with AVX2 alone, whose u8 x s8 instruction sums pairs of products in 16 bits that
+    saturate; ONNX Runtime computes u8 x u8 there without saturation. ONNX Runtime's own advice for
+    them, 7-bit weights (`reduce_range`), costs precision everywhere.
+    """
+    model = onnx.load(signed_file)
+    dequantized = {
+        node.input[i] for node in model.graph.node if node.op_type == "DequantizeLinear" for i in (0, 2)
+    }
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type != onnx.TensorProto.INT8:
+            continue
+        if tensor.name not in dequantized:
+            raise ValueError(f"{signed_file}: {tensor.name} is int8 but not a quantized weight")
+        values = numpy_helper.to_array(tensor).astype(np.int16) + 128
+        model.graph.initializer[index].CopyFrom(numpy_helper.from_array(values.astype(np.uint8), tensor.name))
+    onnx.save(model, unsigned_file)

@@ -36,9 +36,8 @@ from finsent.atomic import atomic_file
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
-from finsent.inference.model_version import model_version
 from finsent.inference.predict import positive_int
-from finsent.inference.predictors import load_predictor, model_folder, onnx_providers
+from finsent.inference.predictors import load_predictor, onnx_providers
 from finsent.inference.settings import PredictorSettings, load_settings
 from finsent.text import first_blank
 
@@ -457,10 +456,11 @@ def score_archive(
     units = plan_units(files, unit_rows)
     if not units:
         raise FinsentError("no rows to classify: every input file is empty")
+    # A missing or broken model stops here, in one line, before Ray starts; on the CPU: this machine
+    # may have no GPU where the actors' nodes have one. Its version names the model of the outputs.
+    version = load_predictor(**{**model, "device": "cpu"}).version
     job = {
-        "model_version": model_version(
-            model_folder(model["backend"], model["model_dir"], model["exported_dir"])
-        ),
+        "model_version": version,
         "backend": model["backend"],
         "text_column": text_column,
         "id_columns": id_columns,
@@ -472,10 +472,7 @@ def score_archive(
     started = time.perf_counter()
     texts, workers_used, nodes = 0, 0, 0
     if pending:
-        # A missing or broken model stops here, in one line, before Ray starts; on the CPU: this
-        # machine may have no GPU where the actors' nodes have one. Their onnxruntime is this one.
-        load_predictor(**{**model, "device": "cpu"})
-        if model["backend"] != "pytorch":
+        if model["backend"] != "pytorch":  # the actors' onnxruntime is this one
             onnx_providers(model["device"])
         scorer = {
             "model": model,
@@ -571,6 +568,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "threads": args.cpus_per_worker,
         "device": "cuda" if args.gpus_per_worker else "cpu",
+        "int8_weights": settings.int8_weights,
     }
     try:
         summary = score_archive(

@@ -18,7 +18,7 @@ from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
 from finsent.inference.api.schemas import PROBABILITY_DECIMALS, class_probabilities
-from finsent.inference.predictors import ONNX_FILES, load_predictor
+from finsent.inference.predictors import FP32_FILE, INT8_FILES, load_predictor
 from finsent.inference.settings import PredictorSettings, load_settings
 from finsent.strict_csv import read_csv_rows
 from finsent.text import first_blank
@@ -177,7 +177,7 @@ def main() -> None:
         "--backend",
         choices=BACKENDS,
         help=f"runtime and model (default: inference.backend): ONNX from --exported-dir "
-        f"({', '.join(ONNX_FILES.values())}), PyTorch from --model-dir",
+        f"({FP32_FILE}, {' or '.join(INT8_FILES.values())}), PyTorch from --model-dir",
     )
     parser.add_argument("--model-dir", type=Path, help="train stage output (default: inference.model_dir)")
     parser.add_argument(
@@ -227,7 +227,11 @@ def main() -> None:
     )
 
     predictor = load_predictor(
-        settings.backend, settings.model_dir, settings.exported_dir, settings.batch_size
+        settings.backend,
+        settings.model_dir,
+        settings.exported_dir,
+        settings.batch_size,
+        int8_weights=settings.int8_weights,
     )
     show_progress = args.input_file is not None and len(texts) > PROGRESS_MIN_ROWS
     with tqdm(total=len(texts), unit="text", disable=not show_progress, file=sys.stderr) as progress:

@@ -1,20 +1,38 @@
-"""The trained classifier behind one interface, whichever runtime runs it: PyTorch or ONNX Runtime.
+"""The trained classifier behind one interface, whichever runtime runs it: ONNX Runtime or PyTorch.
 
-The predict command, the export stage and the HTTP API all classify through `load_predictor`.
+The predict command, the HTTP API, bulk scoring and the evaluate and export stages all classify through
+`load_predictor`. The ONNX backends import only what a serving install has (numpy, onnxruntime,
+tokenizers); the pytorch backend needs the training stack (`pip install 'finsent[train]'`).
 """
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-from scipy.special import softmax
 
-from finsent.calibration import load_temperature
 from finsent.config import LABELS, Backend
 from finsent.errors import FinsentError
-from finsent.text import TextNormalization, load_text_processing
+from finsent.inference.cpu import this_cpu
+from finsent.inference.model_version import model_version
+from finsent.inference.tokenizer import TOKENIZER_CONFIG, TOKENIZER_FILE, TextEncoder
+from finsent.temperature import CALIBRATION_FILE, load_temperature
+from finsent.text import NORMALIZATION_FILE, TextNormalization
 
-ONNX_FILES: dict[str, str] = {"onnx_fp32": "model.onnx", "onnx_int8": "model_int8.onnx"}
-"""The file of each ONNX backend in the export stage's folder (which also holds the tokenizer)."""
+FP32_FILE = "model.onnx"
+INT8_FILES = {"signed": "model_int8.onnx", "unsigned": "model_int8_u8.onnx"}
+"""The int8 model with its weights stored signed (fast where the CPU has VNNI or AMX) and the same
+weights stored unsigned, shifted by 128 (exact on x86 CPUs with AVX2 alone): `finsent.inference.cpu`."""
+
+Int8Weights = Literal["auto", "signed", "unsigned"]
+
+TRAIN_EXTRA = "pip install 'finsent[train]'"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis. By hand, as scipy.special.softmax computes it: scipy is not in a
+    serving install for one function."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 class Predictor:
@@ -24,6 +42,9 @@ class Predictor:
     divided by the temperature fitted on dev (`finsent.calibration`, saved with it too) before the
     softmax. Subclasses give the logits of one batch; predict_proba puts the results back in input order.
     """
+
+    version = ""
+    """Which model this is (`finsent.inference.model_version`), as answers and outputs name it."""
 
     def __init__(self, batch_size: int, normalize: TextNormalization, temperature: float):
         self.batch_size = batch_size
@@ -42,7 +63,7 @@ class Predictor:
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
             logits = self.batch_logits([texts[i] for i in rows])
-            probabilities[rows] = softmax(logits / self.temperature, axis=-1)
+            probabilities[rows] = softmax(logits / self.temperature)
         return probabilities
 
 
@@ -57,16 +78,27 @@ class TorchPredictor(Predictor):
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
-    def from_dir(cls, model_dir: Path, batch_size: int, device: str = "cpu") -> "TorchPredictor":
-        from peft import PeftModel  # torch and peft load only for this backend
+    def from_dir(
+        cls, model_dir: Path, batch_size: int, device: str = "cpu", threads: int = 0
+    ) -> "TorchPredictor":
+        try:  # the training stack, which a serving install does not have
+            import torch
+            from peft import PeftModel
 
-        from finsent.modeling import load_classifier, peft_wrapping_quietly
-
+            from finsent.modeling import load_classifier, peft_wrapping_quietly
+        except ImportError as error:
+            raise FinsentError(
+                f"the pytorch backend needs the training stack ({error.name} is not installed): {TRAIN_EXTRA}"
+            ) from None
+        if threads:
+            torch.set_num_threads(threads)  # for the whole process: PyTorch has no per-model setting
         with peft_wrapping_quietly():
             model, tokenizer, normalize, temperature = load_classifier(model_dir)
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()  # the base model, in eval mode as loaded
-        return cls(model.to(device), tokenizer, batch_size, normalize, temperature)
+        predictor = cls(model.to(device), tokenizer, batch_size, normalize, temperature)
+        predictor.version = model_version(model_dir)
+        return predictor
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -78,7 +110,7 @@ class TorchPredictor(Predictor):
 
 
 class OnnxPredictor(Predictor):
-    """An exported model on ONNX Runtime, tokenized exactly as the PyTorch backend tokenizes.
+    """An exported model on ONNX Runtime, tokenized from the folder's tokenizer.json as training did.
 
     On `device` "cuda" it runs on ONNX Runtime's CUDA provider, which the GPU build of ONNX Runtime
     (the onnxruntime-gpu package, installed in place of onnxruntime) has; ONNX Runtime runs any node
@@ -91,15 +123,19 @@ class OnnxPredictor(Predictor):
         if not model_file.is_file():
             raise FinsentError(f"{model_file}: no exported model here (run `dvc repro export`)")
         providers = onnx_providers(device)
-        self.tokenizer, normalize = load_text_processing(model_file.parent)
-        super().__init__(batch_size, normalize, load_temperature(model_file.parent))
+        folder = model_file.parent
+        self.model_file = model_file
+        self.encode = TextEncoder(folder)
+        super().__init__(batch_size, TextNormalization.load(folder), load_temperature(folder))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(model_file, options, providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
+        files = (model_file.name, TOKENIZER_FILE, TOKENIZER_CONFIG, NORMALIZATION_FILE, CALIBRATION_FILE)
+        self.version = f"{model_file.stem}-{model_version(folder, files)}"
 
     def batch_logits(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(texts, truncation=True, padding=True, return_tensors="np")
+        batch = self.encode(texts)
         (logits,) = self.session.run(["logits"], {name: batch[name] for name in self.input_names})
         return logits
 
@@ -118,6 +154,16 @@ def onnx_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def onnx_file(backend: Backend, exported_dir: Path, int8_weights: Int8Weights = "auto") -> Path:
+    """The file of `exported_dir` that `backend` runs: for int8, the weights' format that is fast and
+    exact on this CPU unless `int8_weights` names one."""
+    if backend == "onnx_fp32":
+        return Path(exported_dir) / FP32_FILE
+    if int8_weights == "auto":
+        int8_weights = "signed" if this_cpu().signed_int8_weights else "unsigned"
+    return Path(exported_dir) / INT8_FILES[int8_weights]
+
+
 def load_predictor(
     backend: Backend,
     model_dir: Path,
@@ -125,6 +171,7 @@ def load_predictor(
     batch_size: int,
     threads: int = 0,
     device: str = "cpu",
+    int8_weights: Int8Weights = "auto",
 ) -> Predictor:
     """The classifier on `backend`: PyTorch reads the train stage's `model_dir`, ONNX the export stage's.
 
@@ -132,14 +179,5 @@ def load_predictor(
     `device`: "cpu", or "cuda" for the (first visible) CUDA GPU.
     """
     if backend == "pytorch":
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)  # for the whole process: PyTorch has no per-model setting
-        return TorchPredictor.from_dir(Path(model_dir), batch_size, device)
-    return OnnxPredictor(Path(exported_dir) / ONNX_FILES[backend], batch_size, threads, device)
-
-
-def model_folder(backend: Backend, model_dir: Path, exported_dir: Path) -> Path:
-    """The pipeline output that `backend` reads."""
-    return Path(model_dir) if backend == "pytorch" else Path(exported_dir)
+        return TorchPredictor.from_dir(Path(model_dir), batch_size, device, threads)
+    return OnnxPredictor(onnx_file(backend, exported_dir, int8_weights), batch_size, threads, device)

@@ -8,7 +8,7 @@ three commands; each command's own knobs are its own (the server's: `finsent.inf
 """
 
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -16,6 +16,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from finsent.config import Backend
 from finsent.errors import FinsentError
+from finsent.inference.predictors import Int8Weights
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -47,7 +48,7 @@ class _ParamsSection(PydanticBaseSettingsSource):
 class SectionSettings(BaseSettings):
     """Settings read from flags, `env_prefix` variables and the `params_section` of params.yaml."""
 
-    params_section = ""
+    params_section: ClassVar[str] = ""
 
     @classmethod
     def settings_customise_sources(
@@ -65,12 +66,16 @@ class PredictorSettings(SectionSettings):
     """Which model, on which runtime: what the predict command, the server and bulk scoring share."""
 
     model_config = SettingsConfigDict(env_prefix="FINSENT_", extra="ignore", frozen=True)
-    params_section = "inference"
+    params_section: ClassVar[str] = "inference"
 
     backend: Backend = "onnx_int8"
     model_dir: Path = Field(Path("models"), description="the train stage's output (pytorch backend)")
     exported_dir: Path = Field(Path("exported"), description="the export stage's output (ONNX backends)")
     batch_size: int = Field(32, gt=0, description="texts a model run, at most")
+    int8_weights: Int8Weights = Field(
+        "auto",
+        description="the int8 model's weights: signed where the CPU has VNNI or AMX, else unsigned (auto)",
+    )
 
 
 def load_settings(cls: type[SettingsT], **flags) -> SettingsT:

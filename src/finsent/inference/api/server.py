@@ -41,8 +41,7 @@ from finsent.inference.api.schemas import (
     predict_request,
 )
 from finsent.inference.api.settings import ServeSettings
-from finsent.inference.model_version import model_version
-from finsent.inference.predictors import Predictor, load_predictor, model_folder
+from finsent.inference.predictors import Predictor, load_predictor
 from finsent.inference.settings import PredictorSettings, load_settings
 
 MAX_REPORTED_ERRORS = 10
@@ -184,9 +183,14 @@ def main() -> None:
     settings = load_settings(ServeSettings, model_threads=args.model_threads, host=args.host, port=args.port)
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
     predictor = load_predictor(
-        model.backend, model.model_dir, model.exported_dir, model.batch_size, settings.model_threads
+        model.backend,
+        model.model_dir,
+        model.exported_dir,
+        model.batch_size,
+        settings.model_threads,
+        int8_weights=model.int8_weights,
     )
-    version = model_version(model_folder(model.backend, model.model_dir, model.exported_dir))
+    version = predictor.version
     metrics = Metrics(model.backend, version)
     app = create_app(predictor, model.backend, version, settings, metrics)
     log_access_to_stdout()

@@ -1,6 +1,8 @@
 """The HTTP API's own settings (`finsent-serve`): env `FINSENT_SERVE_<NAME>`, section `serve` of
 params.yaml. Which model it serves is `finsent.inference.settings.PredictorSettings`."""
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
@@ -10,7 +12,7 @@ from finsent.inference.settings import SectionSettings
 
 class ServeSettings(SectionSettings):
     model_config = SettingsConfigDict(env_prefix="FINSENT_SERVE_", extra="forbid", frozen=True)
-    params_section = "serve"
+    params_section: ClassVar[str] = "serve"
 
     # Cores one model run uses; 0: all of them. The server runs one model run at a time, and its event
     # loop needs little CPU (docs/speed.md).
