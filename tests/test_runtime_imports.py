@@ -1,5 +1,6 @@
 """The package, the stages and the scripts import only what `make install` (requirements.txt) installs,
-or what an extra of pyproject.toml declares for an optional feature (not `dev`: tests and linters)."""
+or what pyproject.toml declares (not the `dev` extra: tests and linters); and every pin of the
+requirements files is a requirement of pyproject.toml, so that the two agree."""
 
 import ast
 import sys
@@ -37,12 +38,30 @@ def installed_by(requirements: list[str]) -> set[str]:
     return {name for name, _ in seen}
 
 
+def pinned(file) -> list[str]:
+    """The requirements of a pip requirements file, following its `-r` includes."""
+    requirements = []
+    for line in (PROJECT / file).read_text().splitlines():
+        if line.startswith("-r "):
+            requirements += pinned(line.removeprefix("-r ").strip())
+        elif line.strip() and not line.startswith(("#", "-")):
+            requirements.append(line)
+    return requirements
+
+
 def allowed_requirements() -> list[str]:
-    """requirements.txt's pins and pyproject.toml's extras for optional features."""
-    pins = (PROJECT / "requirements.txt").read_text().splitlines()
-    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    return [line for line in pins if line.strip() and not line.startswith(("#", "-"))] + [
-        requirement for name, requirements in extras.items() if name != "dev" for requirement in requirements
+    """requirements.txt's pins, pyproject.toml's dependencies and its extras but `dev`."""
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [
+        *pinned("requirements.txt"),
+        *project["dependencies"],
+        *(
+            requirement
+            for name, requirements in extras.items()
+            if name != "dev"
+            for requirement in requirements
+        ),
     ]
 
 
@@ -70,3 +89,14 @@ def test_every_import_is_installed_by_requirements_txt_or_an_optional_extra():
         "imported but installed neither by requirements.txt nor by an optional extra: "
         + ", ".join(sorted(missing))
     )
+
+
+def test_the_serving_pins_are_the_core_and_the_serve_extra():
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    declared = {
+        canonicalize_name(Requirement(line).name)
+        for line in [*project["dependencies"], *project["optional-dependencies"]["serve"]]
+    }
+    assert {
+        canonicalize_name(Requirement(line).name) for line in pinned("requirements-serve.txt")
+    } == declared

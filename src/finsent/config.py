@@ -160,6 +160,8 @@ class ExportParams(_Section):
     # out); None quantizes the model as it is.
     smoothing_alpha: float | None = Field(ge=0, le=1)
     calibration_texts: int = Field(gt=0)
+    # Regular expressions over the ONNX node names of linear layers that stay fp32 in the int8 model.
+    keep_fp32: list[str]
     # Export fails, writing nothing, when an ONNX model's labels agree less often than this with PyTorch's.
     min_agreement: MinAgreement
 

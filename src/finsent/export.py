@@ -178,12 +178,12 @@ def write_onnx_models(
     calibration = reference.normalize(calibration_texts[::step][: params.calibration_texts])
     progress(f"quantizing {int8_file.name}, calibrated on {len(calibration):,} training texts")
     if params.smoothing_alpha is None:
-        quantize_int8(fp32_file, int8_file, reference.tokenizer, calibration)
+        quantize_int8(fp32_file, int8_file, reference.tokenizer, calibration, params.keep_fp32)
     else:
         smooth_activations(model, reference.tokenizer, calibration, params.smoothing_alpha)
         smoothed_file = out_dir / "smoothed_fp32.onnx"  # quantizer input only, in atomic_dir's staging
         export_onnx(model, reference.tokenizer, smoothed_file)
-        quantize_int8(smoothed_file, int8_file, reference.tokenizer, calibration)
+        quantize_int8(smoothed_file, int8_file, reference.tokenizer, calibration, params.keep_fp32)
         smoothed_file.unlink()
     progress(f"writing {INT8_FILES['unsigned']}")
     unsigned_copy(int8_file, out_dir / INT8_FILES["unsigned"])
