@@ -29,6 +29,7 @@ import pandas as pd
 from benchmark_inference import untrained_export
 
 from finsent.data import read_jsonl
+from finsent.experiments.benchmark_record import write_record
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument(
         "--scratch", type=Path, help="folder for the input and outputs (default: a temporary one)"
     )
+    parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
     texts = read_jsonl(args.split)["text"].tolist()
     texts = (texts * math.ceil(args.texts / len(texts)))[: args.texts]
@@ -109,6 +111,12 @@ def main() -> None:
     baseline = results["finsent-predict, one process"][0]
     for name, (rate, own) in results.items():
         print(f"| {name} | {rate:.1f} | {own} | {rate / baseline:.0%} |")
+    if args.output:
+        runs = {
+            name: {"texts_per_s": rate, "texts_per_s_from_ray_start": own}
+            for name, (rate, own) in results.items()
+        }
+        write_record(args.output, {"model": model_name, "texts": len(texts), "cpus": cpus, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import numpy as np
 
 from finsent.config import BACKENDS, load_params
 from finsent.data import read_jsonl
+from finsent.experiments.benchmark_record import write_record
 from finsent.export import write_onnx_models
 from finsent.inference.predictors import TorchPredictor, load_predictor
 from finsent.modeling import checkpoint_with_layers, load_base_model, save_classifier, with_lora
@@ -242,7 +243,7 @@ def main() -> None:
                 f"| {run['texts_per_s'] / batch32:.0%} | {client_cpu} |"
             )
     if args.output:
-        args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_record(args.output, {"model": model, "texts": len(texts), "cpus": cpus, "backends": results})
     if args.pretrained:
         scratch.cleanup()
 

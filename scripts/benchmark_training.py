@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from finsent.config import load_params
+from finsent.experiments.benchmark_record import write_record
+
 VARIANTS = {
     "baseline (padded to max_length, random order, fp32)": {"padding": "max_length", "grouped": False},
     "dynamic padding": {"padding": "longest", "grouped": False},
@@ -46,7 +49,6 @@ def measure(
     """Train `steps` batches in this process; samples/s and the process's peak resident memory."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback
 
-    from finsent.config import load_params
     from finsent.modeling import load_base_model, with_lora
     from finsent.pretrained import resolve_pretrained
     from finsent.tokenization import TOKENIZER_SUBDIR, read_tokenized
@@ -99,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="training steps per variant, 3 of them warm-up")
     parser.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
+    parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
     from finsent.training import native_cpu_bf16
 
@@ -121,6 +124,16 @@ def main() -> None:
         print(
             f"| {name} | {result['samples_per_second']:.1f} | {speedup:.2f}x | {result['peak_mib']:.0f} MiB |"
         )
+    if args.output:
+        params = load_params()
+        model = {"checkpoint": params.model.checkpoint, "layers": params.model.layers}
+        record = {
+            "model": model,
+            "steps": args.steps,
+            "threads": torch.get_num_threads(),
+            "variants": results,
+        }
+        write_record(args.output, record)
 
 
 if __name__ == "__main__":
