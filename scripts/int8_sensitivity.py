@@ -42,39 +42,30 @@ def default_choices(layers: int) -> dict[str, list[str]]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", type=Path, default=Path("models"))
-    parser.add_argument("--dev", type=Path, default=Path("data/raw/dev.jsonl"))
-    parser.add_argument("--calibration", type=Path, default=Path("data/raw/train.jsonl"))
-    parser.add_argument("--choice", action="append", default=[], metavar="NAME=REGEX[,REGEX...]")
-    parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
-    args = parser.parse_args()
-    params = load_params().export
+def measure(args, params, alpha: float, dev: list[str], texts: list[str]) -> dict[str, dict]:
+    """Each choice of layers kept fp32, on a model smoothed with `alpha`, against PyTorch on `dev`."""
     reference = TorchPredictor.from_dir(args.model_dir, params.batch_size)
-    dev = read_jsonl(args.dev)["text"].tolist()
     expected = reference.predict_proba(dev)
-    texts = read_jsonl(args.calibration)["text"].tolist()
     step = max(1, len(texts) // params.calibration_texts)
     calibration = reference.normalize(texts[::step][: params.calibration_texts])
     layers = reference.model.config.num_hidden_layers
     choices = dict(choice.split("=", 1) for choice in args.choice) or None
     choices = (
-        {name: value.split(",") for name, value in choices.items()} if choices else default_choices(layers)
+        {name: [part for part in value.split(",") if part] for name, value in choices.items()}
+        if choices
+        else default_choices(layers)
     )
     results = {}
     with tempfile.TemporaryDirectory(prefix="finsent-sensitivity-") as scratch:
         folder = Path(scratch)
         save_text_processing(folder, reference.tokenizer, reference.normalize)
         save_temperature(folder, reference.temperature)
-        smooth_activations(reference.model, reference.tokenizer, calibration, params.smoothing_alpha)
+        smooth_activations(reference.model, reference.tokenizer, calibration, alpha)
         export_onnx(reference.model, reference.tokenizer, folder / "smoothed.onnx")
         all_nodes = weight_nodes(onnx.load(folder / "smoothed.onnx"))
         for name, patterns in choices.items():
             kept = len(all_nodes) - len(weight_nodes(onnx.load(folder / "smoothed.onnx"), patterns))
-            print(f"{name}: {kept} of {len(all_nodes)} linear layers in fp32", file=sys.stderr)
+            print(f"alpha {alpha}, {name}: {kept} of {len(all_nodes)} linear layers in fp32", file=sys.stderr)
             int8_file = folder / "model_int8.onnx"
             quantize_int8(folder / "smoothed.onnx", int8_file, reference.tokenizer, calibration, patterns)
             predictor = OnnxPredictor(int8_file, params.batch_size)
@@ -90,9 +81,30 @@ def main() -> None:
                 "batch_32_texts_per_s": len(dev) / seconds,
             }
             print(json.dumps(results[name]), file=sys.stderr)
-    print(
-        f"| layers in fp32 | of {len(all_nodes)} | dev: PyTorch's label | mean probability error | texts/s |"
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model-dir", type=Path, default=Path("models"))
+    parser.add_argument("--dev", type=Path, default=Path("data/raw/dev.jsonl"))
+    parser.add_argument("--calibration", type=Path, default=Path("data/raw/train.jsonl"))
+    parser.add_argument("--choice", action="append", default=[], metavar="NAME=REGEX[,REGEX...]")
+    parser.add_argument(
+        "--alpha", type=float, nargs="+", help="SmoothQuant alphas to try (default: export.smoothing_alpha)"
+    )
+    parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
+    args = parser.parse_args()
+    params = load_params().export
+    dev = read_jsonl(args.dev)["text"].tolist()
+    texts = read_jsonl(args.calibration)["text"].tolist()
+    results = {}
+    for alpha in args.alpha or [params.smoothing_alpha]:
+        for name, run in measure(args, params, alpha, dev, texts).items():
+            results[f"alpha {alpha}, {name}"] = run
+    print("| alpha, layers in fp32 | count | dev: PyTorch's label | mean probability error | texts/s |")
     print("|---|---|---|---|---|")
     for name, run in results.items():
         print(

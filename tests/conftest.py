@@ -414,3 +414,11 @@ def build_exported_project(project: Path, tiny_bert_dir: Path, small_mirror: Pat
         env=SOURCE_ENV,
     )
     return project
+
+
+def served_predictor(exported_dir: Path, backend: str, batch_size: int):
+    """The predictor that the commands and the server load for an ONNX `backend` of `exported_dir`
+    (their default runtime and int8 file on this machine)."""
+    from finsent.inference.predictors import load_predictor
+
+    return load_predictor(backend, Path("models"), exported_dir, batch_size)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from finsent.inference.api.batching import Batcher, Overloaded
-from finsent.inference.predictors import OnnxPredictor, onnx_file
+from finsent.inference.predictors import FP32_FILE, OnnxPredictor
 
 REQUESTS = [
     ["$AAPL beats estimates"],
@@ -16,7 +16,7 @@ REQUESTS = [
 @pytest.fixture(scope="module")
 def fp32(exported_project) -> OnnxPredictor:
     """The fp32 model: a text's probabilities do not depend on the other texts of its batch."""
-    return OnnxPredictor(onnx_file("onnx_fp32", exported_project / "exported"), 32)
+    return OnnxPredictor(exported_project / "exported" / FP32_FILE, 32)
 
 
 def uniform(texts: list[str]) -> np.ndarray:

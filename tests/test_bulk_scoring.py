@@ -19,13 +19,13 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MIRROR, OFFLINE_ENV, SOURCE_ENV, finsent_command, tiny_trained_model
+from conftest import MIRROR, OFFLINE_ENV, SOURCE_ENV, finsent_command, served_predictor, tiny_trained_model
 
 from finsent.config import LABELS, PROBABILITY_COLUMNS, ExportParams
 from finsent.errors import FinsentError
 from finsent.inference.batch import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
 from finsent.inference.model_version import model_version
-from finsent.inference.predictors import OnnxPredictor, TorchPredictor, onnx_file
+from finsent.inference.predictors import TorchPredictor, onnx_file
 
 UNIT_ROWS = 250
 BIG_ROWS = 20_000
@@ -252,7 +252,7 @@ def test_every_row_once_with_the_int8_models_probabilities(project, runs):
     assert set(out["model_version"]) == {model_version(project / "exported")}
     assert '"complete": true' in (project / "out" / MANIFEST).read_text()
     # Each file holds its unit's rows, scored exactly as the predictor scores those texts.
-    predictor = OnnxPredictor(onnx_file("onnx_int8", project / "exported"), 32)
+    predictor = served_predictor(project / "exported", "onnx_int8", 32)
     texts = validation().set_index("id")["text"]
     small_units = sorted(path for path in (project / "out").glob("*.parquet") if "big" not in path.name)
     assert len(small_units) == 4 + 3 + 4  # 900, 700 and 788 rows

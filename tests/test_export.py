@@ -10,6 +10,7 @@ from conftest import (
     TINY_TEMPERATURE,
     edit_params,
     run,
+    served_predictor,
     stage_here,
     stage_script,
     tiny_checkpoint,
@@ -21,7 +22,7 @@ from finsent.config import MinAgreement, load_params
 from finsent.data import SOURCE_FILES, read_jsonl, read_source_csv, to_jsonl
 from finsent.errors import FinsentError
 from finsent.export import GATES, check_agreement, reference_probabilities
-from finsent.inference.predictors import FP32_FILE, INT8_FILES, OnnxPredictor, TorchPredictor
+from finsent.inference.predictors import FP32_FILE, INT8_FILES, OnnxPredictor, TorchPredictor, load_predictor
 from finsent.metrics import expected_calibration_error, headline_metrics, predictions_table
 from finsent.temperature import CALIBRATION_FILE
 
@@ -67,23 +68,28 @@ def test_export_stage_writes_onnx_models_that_agree_with_pytorch(exported_projec
     assert metrics["pytorch"]["macro_f1"] == pytest.approx(evaluated["macro_f1"])
 
     fp32, int8 = metrics["onnx_fp32"], metrics["onnx_int8"]
-    assert set(fp32) == {"file_mb", "batch_32"}  # the same function in fp32: in batches, padded
-    assert set(int8) == {"file_mb", "batch_1", "batch_32", "dev"}
-    assert set(metrics["onnx_int8_unsigned"]) == {"file_mb", "batch_32"}
+    assert set(fp32) == {"runtime", "file", "file_mb", "batch_32"}  # the same function in fp32: padded
+    assert set(int8) == {"runtime", "file", "file_mb", "batch_1", "batch_32", "dev"}
+    assert (int8["runtime"], int8["file"]) == ("openvino", "model_int8.onnx")  # as served where installed
+    on_onnxruntime = {"onnx_int8_onnxruntime": "model_int8.onnx", "onnx_int8_unsigned": "model_int8_u8.onnx"}
+    for name, file_name in on_onnxruntime.items():
+        assert (metrics[name]["runtime"], metrics[name]["file"]) == ("onnxruntime", file_name)
+        assert set(metrics[name]) == {"runtime", "file", "file_mb", "batch_32"}
     assert fp32["batch_32"]["agreement_with_pytorch"] == 1.0
     assert fp32["batch_32"]["max_abs_probability_difference"] < 1e-3
     assert fp32["batch_32"]["macro_f1"] == pytest.approx(metrics["pytorch"]["macro_f1"])
     for batch in ("batch_1", "batch_32"):
         assert 0 < int8[batch]["agreement_with_pytorch"] < 1  # a random tiny model quantizes badly
-    files = {
-        "onnx_fp32": FP32_FILE,
-        "onnx_int8": INT8_FILES["signed"],
-        "onnx_int8_unsigned": INT8_FILES["unsigned"],
+    runs = {
+        "onnx_fp32": lambda size: OnnxPredictor(exported / FP32_FILE, size),
+        "onnx_int8": lambda size: load_predictor("onnx_int8", "models", exported, size),
+        "onnx_int8_onnxruntime": lambda size: OnnxPredictor(exported / INT8_FILES["signed"], size),
+        "onnx_int8_unsigned": lambda size: OnnxPredictor(exported / INT8_FILES["unsigned"], size),
     }
-    sizes = {"onnx_fp32": [batch_size], "onnx_int8": [1, batch_size], "onnx_int8_unsigned": [batch_size]}
-    for name, file_name in files.items():
+    sizes = {name: [batch_size] for name in runs} | {"onnx_int8": [1, batch_size]}
+    for name, make in runs.items():
         for size in sizes[name]:
-            probabilities = OnnxPredictor(exported / file_name, size).predict_proba(texts)
+            probabilities = make(size).predict_proba(texts)
             recorded = metrics[name][f"batch_{size}"]
             assert recorded["macro_f1"] == pytest.approx(headline_metrics(labels, probabilities)["macro_f1"])
             assert recorded["agreement_with_pytorch"] == pytest.approx(
@@ -106,9 +112,8 @@ def test_export_carries_the_temperature_and_onnx_applies_it_as_pytorch_does(expo
     )
     # The int8 model as served: its calibration error on validation, alone and in batches.
     metrics = json.loads((exported_project / "metrics/export.json").read_text())["onnx_int8"]
-    int8_file = exported / INT8_FILES["signed"]
     for size in (1, 32):
-        int8 = OnnxPredictor(int8_file, size).predict_proba(texts)
+        int8 = load_predictor("onnx_int8", models, exported, size).predict_proba(texts)
         assert metrics[f"batch_{size}"]["expected_calibration_error"] == pytest.approx(
             expected_calibration_error(labels, int8), abs=1e-6
         )
@@ -117,11 +122,12 @@ def test_export_carries_the_temperature_and_onnx_applies_it_as_pytorch_does(expo
 def test_int8_gives_each_validation_text_the_same_probabilities_in_any_batch(exported_project):
     metrics = json.loads((exported_project / "metrics/export.json").read_text())
     texts = read_jsonl(exported_project / "data/raw/validation.jsonl")["text"].tolist()
-    int8_file = exported_project / "exported" / INT8_FILES["signed"]
-    alone = OnnxPredictor(int8_file, 1).predict_proba(texts)
-    for batch_size in (7, 32, 200):  # 200: every text in one batch, padded to the longest
-        in_batches = OnnxPredictor(int8_file, batch_size).predict_proba(texts)
-        assert np.abs(in_batches - alone).max() < 1e-6
+    exported = exported_project / "exported"
+    for runtime in ("openvino", "onnxruntime"):
+        alone = load_predictor("onnx_int8", "models", exported, 1, runtime=runtime).predict_proba(texts)
+        for batch_size in (7, 32, 200):  # 200: every text in one batch, padded to the longest
+            predictor = load_predictor("onnx_int8", "models", exported, batch_size, runtime=runtime)
+            assert np.abs(predictor.predict_proba(texts) - alone).max() < 1e-6, (runtime, batch_size)
     assert metrics["onnx_int8"]["batch_32"]["labels_differing_from_batch_1"] == 0
 
 
@@ -131,8 +137,7 @@ def test_export_compares_int8_on_dev_too(exported_project):
     dev_texts = read_jsonl(exported_project / "data/raw/dev.jsonl")["text"].tolist()
     pytorch = TorchPredictor.from_dir(exported_project / "models", batch_size).predict_proba(dev_texts)
     # Each text alone, as the API sees one.
-    int8_file = exported_project / "exported" / INT8_FILES["signed"]
-    probabilities = OnnxPredictor(int8_file, 1).predict_proba(dev_texts)
+    probabilities = served_predictor(exported_project / "exported", "onnx_int8", 1).predict_proba(dev_texts)
     difference = np.abs(probabilities - pytorch)
     assert metrics["onnx_int8"]["dev"] == pytest.approx(
         {

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SOURCE_ENV, finsent_command, run_here
+from conftest import SOURCE_ENV, finsent_command, run_here, served_predictor
 
 from finsent.config import LABELS
 from finsent.inference.predict import cli
-from finsent.inference.predictors import OnnxPredictor, TorchPredictor, onnx_file
+from finsent.inference.predictors import TorchPredictor
 
 TEXTS = [
     "$AAPL beats estimates, shares up 5%",
@@ -61,7 +61,7 @@ def probabilities_of(jsonl: str) -> np.ndarray:
 
 
 def test_texts_as_arguments_or_stdin_lines_give_the_int8_models_probabilities_in_order(exported_project):
-    expected = OnnxPredictor(onnx_file("onnx_int8", exported_project / "exported"), 32).predict_proba(TEXTS)
+    expected = served_predictor(exported_project / "exported", "onnx_int8", 32).predict_proba(TEXTS)
     _, from_arguments, _ = predict(exported_project, *TEXTS)
     np.testing.assert_allclose(probabilities_of(from_arguments), expected, atol=1e-6)
     _, from_stdin, stderr = predict(exported_project, stdin="\n".join(reversed(TEXTS)) + "\n")
@@ -78,7 +78,7 @@ def test_one_result_per_stdin_line_whatever_unicode_it_holds(exported_project):
     texts.append("".join(LINE_BREAKS_THAT_ARE_TEXT).join(["$TSLA", "falls"]))
     stdin = "".join(text + ("\r\n" if i % 2 else "\n") for i, text in enumerate(texts))
     _, stdout, _ = predict(exported_project, stdin=stdin)
-    expected = OnnxPredictor(onnx_file("onnx_int8", exported_project / "exported"), 32).predict_proba(texts)
+    expected = served_predictor(exported_project / "exported", "onnx_int8", 32).predict_proba(texts)
     np.testing.assert_allclose(probabilities_of(stdout), expected, atol=1e-6)
 
 
@@ -91,7 +91,7 @@ def test_a_csv_file_as_spreadsheets_write_it_gives_one_result_per_row(exported_p
     csv.writer(out, lineterminator="\r\n").writerows([*rows[:2], [], *rows[2:]])
     (tmp_path / "in.csv").write_bytes(b"\xef\xbb\xbf" + out.getvalue().encode())
     _, stdout, _ = predict(exported_project, "-i", str(tmp_path / "in.csv"))
-    expected = OnnxPredictor(onnx_file("onnx_int8", exported_project / "exported"), 32).predict_proba(texts)
+    expected = served_predictor(exported_project / "exported", "onnx_int8", 32).predict_proba(texts)
     np.testing.assert_allclose(probabilities_of(stdout), expected, atol=1e-6)
 
 
@@ -125,7 +125,7 @@ def test_jsonl_file(exported_project, tmp_path):
     _, stdout, _ = predict(
         exported_project, "--input-file", str(tmp_path / "in.jsonl"), "--backend", "onnx_fp32"
     )
-    expected = OnnxPredictor(onnx_file("onnx_fp32", exported_project / "exported"), 32).predict_proba(TEXTS)
+    expected = served_predictor(exported_project / "exported", "onnx_fp32", 32).predict_proba(TEXTS)
     np.testing.assert_allclose(probabilities_of(stdout), expected, atol=1e-6)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import PROJECT, SOURCE_ENV, finsent_command
+from conftest import PROJECT, SOURCE_ENV, finsent_command, served_predictor
 from live_server import access_log, free_port, image_copy, metric, running_server, wait_for_waiting_texts
 from ruamel.yaml import YAML
 
@@ -71,7 +71,7 @@ def test_predict_gives_one_result_per_text_in_order(server, image_folder):
     assert response.status_code == 200
     body = response.json()
     assert (body["backend"], body["model_version"]) == ("onnx_int8", model_version(image_folder / "exported"))
-    expected = OnnxPredictor(onnx_file("onnx_int8", image_folder / "exported"), 32).predict_proba(TEXTS)
+    expected = served_predictor(image_folder / "exported", "onnx_int8", 32).predict_proba(TEXTS)
     got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert all(value == round(value, 6) for value in got.flat)  # not float32's digits widened
@@ -243,7 +243,7 @@ def test_concurrent_requests_share_one_model_run_and_each_gets_its_own_answers(b
         answers = list(pool.map(lambda t: batching_server.post("/v1/predict", json={"texts": t}), requests))
     assert metric(batching_server, "finsent_batch_texts_count") == runs + 1  # one run for all 7 texts
     assert metric(batching_server, "finsent_batch_texts_sum") == texts + 7
-    fp32 = OnnxPredictor(onnx_file("onnx_fp32", image_folder / "exported"), 32)
+    fp32 = served_predictor(image_folder / "exported", "onnx_fp32", 32)
     for request, answer in zip(requests, answers, strict=True):
         got = np.array([list(p["probabilities"].values()) for p in answer.json()["predictions"]])
         np.testing.assert_allclose(got, fp32.predict_proba(request), atol=1e-5)

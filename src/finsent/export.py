@@ -9,9 +9,19 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel
 
-from finsent.config import PROBABILITY_COLUMNS, ExportParams, MinAgreement
+from finsent.config import PROBABILITY_COLUMNS, Backend, ExportParams, MinAgreement
 from finsent.errors import FinsentError
-from finsent.inference.predictors import FP32_FILE, INT8_FILES, OnnxPredictor, TorchPredictor
+from finsent.inference.predictors import (
+    FP32_FILE,
+    INT8_FILES,
+    Int8Weights,
+    OnnxPredictor,
+    OpenVinoPredictor,
+    Runtime,
+    TorchPredictor,
+    choose_runtime,
+    onnx_file,
+)
 from finsent.metrics import headline_metrics
 from finsent.quantization import quantize_int8, smooth_activations, unsigned_copy
 from finsent.strict_csv import read_csv_frame
@@ -101,25 +111,48 @@ def fidelity(probabilities: np.ndarray, expected: np.ndarray) -> dict[str, float
     }
 
 
+COMPARED: dict[str, tuple[Backend, Runtime, Int8Weights]] = {
+    "onnx_fp32": ("onnx_fp32", "onnxruntime", "auto"),
+    "onnx_int8": ("onnx_int8", "auto", "auto"),
+    "onnx_int8_onnxruntime": ("onnx_int8", "onnxruntime", "signed"),
+    "onnx_int8_unsigned": ("onnx_int8", "onnxruntime", "unsigned"),
+}
+"""Each exported model compared with PyTorch (metrics/export.json's keys): backend, runtime, int8 file.
+onnx_int8 is the int8 model as served here (`load_predictor`'s choices: OpenVINO where installed)."""
+
+GATES = {name: "onnx_fp32" if name == "onnx_fp32" else "onnx_int8" for name in COMPARED}
+"""The `export.min_agreement` key that each compared model must meet."""
+
+
 def runtime_metrics(
-    model_file: Path,
+    name: str,
+    exported_dir: Path,
     batch_sizes: list[int],
     validation: pd.DataFrame,
     expected: np.ndarray,
     dev: tuple[list[str], np.ndarray] | None = None,
 ) -> dict:
-    """One ONNX model against PyTorch's probabilities: on validation at each of `batch_sizes`, as
-    "batch_1", "batch_32", ..., each but the smallest with the labels that batching changed from the
-    smallest's; with `dev` (texts, PyTorch's probabilities), on dev alone too (as the API sees a text;
-    what the export params are tuned on); and the file's size.
+    """One exported model (`COMPARED[name]`) against PyTorch's probabilities: on validation at each of
+    `batch_sizes`, as "batch_1", "batch_32", ..., each but the smallest with the labels that batching
+    changed from the smallest's; with `dev` (texts, PyTorch's probabilities), on dev alone too (as the
+    API sees a text; what the export params are tuned on); the runtime, and the file's size.
     """
+    backend, runtime, int8_weights = COMPARED[name]
+    runtime = choose_runtime(runtime, "cpu")
+    model_file = onnx_file(backend, exported_dir, int8_weights, runtime)
+    file_name = model_file.name
+    make = OpenVinoPredictor if runtime == "openvino" else OnnxPredictor
     texts, labels = validation["text"].tolist(), validation["label"].to_numpy()
-    predictors = {batch_size: OnnxPredictor(model_file, batch_size) for batch_size in batch_sizes}
+    predictors = {batch_size: make(model_file, batch_size) for batch_size in batch_sizes}
     probabilities = {}
     for batch_size, predictor in predictors.items():
-        progress(f"{model_file.name} on {len(texts):,} validation texts in batches of {batch_size}")
+        progress(f"{file_name} on {runtime}, {len(texts):,} validation texts in batches of {batch_size}")
         probabilities[batch_size] = predictor.predict_proba(texts)
-    metrics: dict = {"file_mb": round(model_file.stat().st_size / 2**20, 2)}
+    metrics: dict = {
+        "runtime": runtime,
+        "file": file_name,
+        "file_mb": round(model_file.stat().st_size / 2**20, 2),
+    }
     smallest = min(batch_sizes)
     for batch_size, batch_probabilities in probabilities.items():
         metrics[f"batch_{batch_size}"] = {
@@ -131,13 +164,9 @@ def runtime_metrics(
             metrics[f"batch_{batch_size}"][f"labels_differing_from_batch_{smallest}"] = int(changed.sum())
     if dev is not None:
         dev_texts, expected_dev = dev
-        progress(f"{model_file.name} on {len(dev_texts):,} dev texts in batches of {smallest}")
+        progress(f"{file_name} on {runtime}, {len(dev_texts):,} dev texts in batches of {smallest}")
         metrics["dev"] = fidelity(predictors[smallest].predict_proba(dev_texts), expected_dev)
     return metrics
-
-
-GATES = {"onnx_fp32": "onnx_fp32", "onnx_int8": "onnx_int8", "onnx_int8_unsigned": "onnx_int8"}
-"""The `export.min_agreement` key that each compared model (metrics/export.json's key) must meet."""
 
 
 def check_agreement(metrics: dict, batch_sizes: dict[str, list[int]], min_agreement: MinAgreement) -> None:
@@ -235,9 +264,9 @@ def export_classifier(
     texts: the compared texts stay unseen). `expected` holds PyTorch's probabilities on `validation`,
     the evaluate stage's own (they are not computed again). The int8 model is compared on `validation`
     alone and in batches of `params.batch_size`, and on `dev_texts` alone (fidelity only: what the
-    export params are tuned on); its unsigned copy and the fp32 model in batches of `params.batch_size`
-    (padded, so the masking is checked too). On this CPU both int8 files run as its int8 products
-    compute them: the signed one as the predictors run it where the CPU has VNNI or AMX.
+    export params are tuned on), on the runtime that serves it (`COMPARED`); the same file on ONNX
+    Runtime, its unsigned copy and the fp32 model in batches of `params.batch_size` (padded, so the
+    masking is checked too). Each runs as this CPU's int8 products compute it.
 
     Raises FinsentError when an ONNX model's labels, at a batch size it is compared at, agree with
     PyTorch's on fewer validation texts than `params.min_agreement` asks (inside `atomic_dir`, nothing
@@ -249,23 +278,11 @@ def export_classifier(
     expected_dev = reference.predict_proba(dev_texts)  # before smoothing, which rescales the model in place
     metrics = {"pytorch": headline_metrics(labels, expected)}
     write_onnx_models(reference, out_dir, calibration_texts, params)
-    batch_sizes = {
-        "onnx_fp32": [params.batch_size],
-        "onnx_int8": sorted({1, params.batch_size}),
-        "onnx_int8_unsigned": [params.batch_size],
+    batch_sizes = {name: [params.batch_size] for name in COMPARED} | {
+        "onnx_int8": sorted({1, params.batch_size})
     }
-    metrics["onnx_fp32"] = runtime_metrics(
-        out_dir / FP32_FILE, batch_sizes["onnx_fp32"], validation, expected
-    )
-    metrics["onnx_int8"] = runtime_metrics(
-        out_dir / INT8_FILES["signed"],
-        batch_sizes["onnx_int8"],
-        validation,
-        expected,
-        (dev_texts, expected_dev),
-    )
-    metrics["onnx_int8_unsigned"] = runtime_metrics(
-        out_dir / INT8_FILES["unsigned"], batch_sizes["onnx_int8_unsigned"], validation, expected
-    )
+    for name in COMPARED:
+        dev = (dev_texts, expected_dev) if name == "onnx_int8" else None
+        metrics[name] = runtime_metrics(name, out_dir, batch_sizes[name], validation, expected, dev)
     check_agreement(metrics, batch_sizes, params.min_agreement)
     return metrics

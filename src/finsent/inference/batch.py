@@ -569,6 +569,7 @@ def main() -> None:
         "threads": args.cpus_per_worker,
         "device": "cuda" if args.gpus_per_worker else "cpu",
         "int8_weights": settings.int8_weights,
+        "runtime": settings.runtime,
     }
     try:
         summary = score_archive(

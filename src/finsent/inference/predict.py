@@ -232,6 +232,7 @@ def main() -> None:
         settings.exported_dir,
         settings.batch_size,
         int8_weights=settings.int8_weights,
+        runtime=settings.runtime,
     )
     show_progress = args.input_file is not None and len(texts) > PROGRESS_MIN_ROWS
     with tqdm(total=len(texts), unit="text", disable=not show_progress, file=sys.stderr) as progress:

@@ -16,7 +16,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from finsent.config import Backend
 from finsent.errors import FinsentError
-from finsent.inference.predictors import Int8Weights
+from finsent.inference.predictors import Int8Weights, Runtime
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -72,6 +72,9 @@ class PredictorSettings(SectionSettings):
     model_dir: Path = Field(Path("models"), description="the train stage's output (pytorch backend)")
     exported_dir: Path = Field(Path("exported"), description="the export stage's output (ONNX backends)")
     batch_size: int = Field(32, gt=0, description="texts a model run, at most")
+    runtime: Runtime = Field(
+        "auto", description="what runs the exported models (auto: OpenVINO where installed)"
+    )
     int8_weights: Int8Weights = Field(
         "auto",
         description="the int8 model's weights: signed where the CPU has VNNI or AMX, else unsigned (auto)",

@@ -189,6 +189,7 @@ def main() -> None:
         model.batch_size,
         settings.model_threads,
         int8_weights=model.int8_weights,
+        runtime=model.runtime,
     )
     version = predictor.version
     metrics = Metrics(model.backend, version)
