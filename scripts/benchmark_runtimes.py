@@ -21,12 +21,14 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
+from benchmark_inference import untrained_export
 from onnx import TensorProto, helper, numpy_helper
 
 from finsent.config import LABELS, PROBABILITY_COLUMNS
@@ -147,6 +149,48 @@ def time_candidate(make, texts: list[str], single: int) -> tuple[dict, np.ndarra
     }, probabilities
 
 
+def time_model(exported_dir: Path, texts: list[str], args, peaks: dict, reference=None, labels=None) -> dict:
+    """Every candidate of one exported model: timings, share of peak and, given PyTorch's probabilities
+    (`reference`) and `labels`, fidelity and macro-F1."""
+    encode = TextEncoder(exported_dir)
+    normalize = TextNormalization.load(exported_dir)
+    # Tokens a text, padding aside (the encoder pads a batch to its longest).
+    tokens = float(
+        np.mean([sum(row.attention_mask) for row in encode.tokenizer.encode_batch(normalize(texts))])
+    )
+    operations = 2 * linear_weights(exported_dir / FP32_FILE) * tokens
+    runs = {}
+    for name, make in candidates(exported_dir).items():
+        if args.only and not any(part in name for part in args.only):
+            continue
+        print(f"timing {exported_dir}: {name}", file=sys.stderr)
+        timing, probabilities = time_candidate(make, texts, args.single)
+        peak = peaks["fp32"] if "fp32" in name else peaks["u8u8" if "unsigned" in name else "u8s8"]
+        runs[name] = {**timing, "share_of_peak": timing["batch_32_texts_per_s"] * operations / 1e9 / peak}
+        if reference is not None:
+            agreement = (probabilities.argmax(axis=1) == reference.argmax(axis=1)).mean()
+            runs[name] |= {
+                "agreement_with_pytorch": float(agreement),
+                "macro_f1": headline_metrics(labels, probabilities)["macro_f1"],
+            }
+        print(name, json.dumps(runs[name]), file=sys.stderr)
+    return {"operations_a_text": operations, "mean_tokens": tokens, "runs": runs}
+
+
+def print_table(name: str, model: dict) -> None:
+    operations, tokens = model["operations_a_text"] / 1e9, model["mean_tokens"]
+    print(f"\n{name}: {operations:.2f} G operations a text ({tokens:.1f} tokens)\n")
+    columns = ["runtime, model", "batch 32: texts/s", "share of peak", "batch 1: texts/s (p50 ms)"]
+    print("| " + " | ".join([*columns, "PyTorch's label", "macro-F1"]) + " |\n" + "|---" * 6 + "|")
+    for run_name, run in model["runs"].items():
+        batch_1 = f"{run['batch_1_texts_per_s']:.1f} ({run['batch_1_p50_ms']:.1f})"
+        fidelity = (
+            f"{run['agreement_with_pytorch']:.2%} | {run['macro_f1']:.4f}" if "macro_f1" in run else "| "
+        )
+        batch_32 = f"{run['batch_32_texts_per_s']:.1f} | {run['share_of_peak']:.0%}"
+        print(f"| {run_name} | {batch_32} | {batch_1} | {fidelity} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +202,12 @@ def main() -> None:
         type=Path,
         default=Path("plots/predictions.csv"),
         help="PyTorch's probabilities (evaluate)",
+    )
+    parser.add_argument(
+        "--pretrained",
+        metavar="CHECKPOINT",
+        help="also time this model, untrained, exported as the stages export (the fast preset's: "
+        "sentence-transformers/all-MiniLM-L6-v2); speed does not depend on the weights",
     )
     parser.add_argument("--single", type=int, default=300, help="texts timed one by one")
     parser.add_argument("--only", nargs="+", help="time only the candidates whose name contains one of these")
@@ -173,52 +223,25 @@ def main() -> None:
     print("peaks (every core):", file=sys.stderr)
     peaks = {kind: peak_gops(kind) for kind in ("u8s8", "u8u8", "fp32")}
     print(json.dumps(peaks), file=sys.stderr)
-    encode = TextEncoder(args.exported_dir)
-    normalize = TextNormalization.load(args.exported_dir)
-    # Tokens a text, padding aside (the encoder pads a batch to its longest).
-    tokens = float(
-        np.mean([sum(row.attention_mask) for row in encode.tokenizer.encode_batch(normalize(texts))])
-    )
-    operations = 2 * linear_weights(args.exported_dir / FP32_FILE) * tokens
-    runs = {}
-    for name, make in candidates(args.exported_dir).items():
-        if args.only and not any(part in name for part in args.only):
-            continue
-        print(f"timing {name}", file=sys.stderr)
-        timing, probabilities = time_candidate(make, texts, args.single)
-        peak = peaks["fp32"] if "fp32" in name else peaks["u8u8" if "unsigned" in name else "u8s8"]
-        runs[name] = {
-            **timing,
-            "agreement_with_pytorch": float(
-                (probabilities.argmax(axis=1) == reference.argmax(axis=1)).mean()
-            ),
-            "macro_f1": headline_metrics(labels, probabilities)["macro_f1"],
-            "share_of_peak": timing["batch_32_texts_per_s"] * operations / 1e9 / peak,
-        }
-        print(name, json.dumps(runs[name]), file=sys.stderr)
+    models = {str(args.exported_dir): time_model(args.exported_dir, texts, args, peaks, reference, labels)}
+    if args.pretrained:
+        with tempfile.TemporaryDirectory(prefix="finsent-benchmark-") as scratch:
+            _, exported = untrained_export(args.pretrained, None, Path("data/raw/train.jsonl"), Path(scratch))
+            models[f"{args.pretrained} (untrained)"] = time_model(exported, texts, args, peaks)
     results = {
         "peaks_gops": peaks,
         "peak_shape": PEAK_SHAPE,
-        "operations_a_text": operations,
-        "mean_tokens": tokens,
         "texts": len(texts),
         "threads": len(os.sched_getaffinity(0)),
         "versions": {"onnxruntime": onnxruntime.__version__, **openvino_version()},
-        "runs": runs,
+        "models": models,
     }
     machine = this_cpu().describe()
     print(f"{machine['model']} ({', '.join(machine['flags'])}), {results['threads']} cores")
     print(f"peaks: int8 u8 x s8 {peaks['u8s8']:,.0f} GOPS, u8 x u8 {peaks['u8u8']:,.0f}, ", end="")
     print(f"fp32 {peaks['fp32']:,.0f} GFLOPS")
-    print(f"{operations / 1e9:.2f} G operations a text ({tokens:.1f} tokens)\n")
-    columns = ["runtime, model", "batch 32: texts/s", "share of peak", "batch 1: texts/s (p50 ms)"]
-    print("| " + " | ".join([*columns, "PyTorch's label", "macro-F1"]) + " |\n" + "|---" * 6 + "|")
-    for name, run in runs.items():
-        batch_1 = f"{run['batch_1_texts_per_s']:.1f} ({run['batch_1_p50_ms']:.1f})"
-        print(
-            f"| {name} | {run['batch_32_texts_per_s']:.1f} | {run['share_of_peak']:.0%} | {batch_1} | "
-            f"{run['agreement_with_pytorch']:.2%} | {run['macro_f1']:.4f} |"
-        )
+    for name, model in models.items():
+        print_table(name, model)
     if args.output:
         write_record(args.output, results)
 
