@@ -24,7 +24,6 @@ from conftest import MIRROR, OFFLINE_ENV, SOURCE_ENV, finsent_command, served_pr
 from finsent.config import LABELS, PROBABILITY_COLUMNS, ExportParams
 from finsent.errors import FinsentError
 from finsent.inference.batch import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
-from finsent.inference.model_version import model_version
 from finsent.inference.predictors import TorchPredictor, onnx_file
 
 UNIT_ROWS = 250
@@ -249,7 +248,7 @@ def test_every_row_once_with_the_int8_models_probabilities(project, runs):
     assert list(out.columns) == [*SOURCE_COLUMNS, "id", "label", *PROBABILITY_COLUMNS, "model_version"]
     expected_ids = [*validation()["id"], *(f"big-{i}" for i in range(BIG_ROWS))]
     assert sorted(out["id"]) == sorted(expected_ids)  # each once
-    assert set(out["model_version"]) == {model_version(project / "exported")}
+    assert set(out["model_version"]) == {served_predictor(project / "exported", "onnx_int8", 32).version}
     assert '"complete": true' in (project / "out" / MANIFEST).read_text()
     # Each file holds its unit's rows, scored exactly as the predictor scores those texts.
     predictor = served_predictor(project / "exported", "onnx_int8", 32)
@@ -359,8 +358,9 @@ def test_an_output_folder_of_another_model_or_of_something_else_is_refused(
     with pytest.raises(FinsentError) as error:
         score_in_process(project, monkeypatch, *runs.args, "--exported-dir", str(other_model))
     assert str(error.value) == (
-        f"out: holds the results of another run (model_version '{model_version(project / 'exported')}' "
-        f"there, '{model_version(other_model)}' here); score into another output folder"
+        f"out: holds the results of another run (model_version "
+        f"'{served_predictor(project / 'exported', 'onnx_int8', 32).version}' there, "
+        f"'{served_predictor(other_model, 'onnx_int8', 32).version}' here); score into another output folder"
     )
     assert unit_files(project / "out") == before
 
@@ -375,11 +375,8 @@ def test_an_output_folder_of_another_model_or_of_something_else_is_refused(
     assert [path.name for path in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
-def test_a_missing_model_is_one_line_and_leaves_the_folder_to_the_next_run(
-    project, ray_env, tmp_path, monkeypatch
-):
-    """The folder records the job before the model is loaded; with no unit written, a run with another
-    model may take it over."""
+def test_a_missing_model_is_one_line_and_writes_nothing(project, ray_env, tmp_path, monkeypatch):
+    """The model is loaded first (its version names the outputs): without one, nothing is written."""
     for attempt in ("nowhere", "nowhere-either"):
         with pytest.raises(FinsentError) as error:
             score_in_process(
@@ -388,7 +385,7 @@ def test_a_missing_model_is_one_line_and_leaves_the_folder_to_the_next_run(
         assert str(error.value).startswith(
             f"{onnx_file('onnx_int8', project / attempt)}: no exported model here"
         )
-    assert [path.name for path in (tmp_path / "out").iterdir()] == [MANIFEST]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(

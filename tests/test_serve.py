@@ -43,7 +43,7 @@ def server(served) -> httpx.Client:
     return served[0]
 
 
-def test_model_version_is_a_hash_of_the_served_files(exported_project, tmp_path):
+def test_model_version_is_a_hash_of_the_files_read(exported_project, tmp_path):
     version = model_version(exported_project / "exported")
     assert len(version) == 16 and int(version, 16) >= 0
     shutil.copytree(exported_project / "exported", tmp_path / "copy")
@@ -54,6 +54,11 @@ def test_model_version_is_a_hash_of_the_served_files(exported_project, tmp_path)
     assert changed != version
     (tmp_path / "copy" / "tokenizer.json").rename(tmp_path / "copy" / "renamed.json")
     assert model_version(tmp_path / "copy") not in {version, changed}
+    # A predictor's version: its runtime and file, and the hash of the files it reads alone.
+    predictor = served_predictor(tmp_path / "copy", "onnx_int8", 32)
+    assert predictor.version.startswith(f"{predictor.runtime}/model_int8-")
+    (tmp_path / "copy" / "model.onnx").unlink()  # the fp32 model: not read by the int8 predictor
+    assert served_predictor(tmp_path / "copy", "onnx_int8", 32).version == predictor.version
 
 
 def test_health_and_readiness_without_params_or_dvc_lock(server, image_folder):
@@ -62,7 +67,7 @@ def test_health_and_readiness_without_params_or_dvc_lock(server, image_folder):
     assert server.get("/readyz").json() == {
         "status": "ready",
         "backend": "onnx_int8",
-        "model_version": model_version(image_folder / "exported"),
+        "model_version": served_predictor(image_folder / "exported", "onnx_int8", 32).version,
     }
 
 
@@ -70,8 +75,9 @@ def test_predict_gives_one_result_per_text_in_order(server, image_folder):
     response = server.post("/v1/predict", json={"texts": TEXTS})
     assert response.status_code == 200
     body = response.json()
-    assert (body["backend"], body["model_version"]) == ("onnx_int8", model_version(image_folder / "exported"))
-    expected = served_predictor(image_folder / "exported", "onnx_int8", 32).predict_proba(TEXTS)
+    predictor = served_predictor(image_folder / "exported", "onnx_int8", 32)
+    assert (body["backend"], body["model_version"]) == ("onnx_int8", predictor.version)
+    expected = predictor.predict_proba(TEXTS)
     got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert all(value == round(value, 6) for value in got.flat)  # not float32's digits widened
@@ -214,7 +220,7 @@ def test_metrics_count_requests_by_status_time_them_and_name_the_model(server, i
     assert metric(server, "finsent_http_requests_total", route="other", status="404") >= 1
     assert metric(server, "finsent_http_request_duration_seconds_count", route="/v1/predict") >= 2
     assert metric(server, "finsent_batch_texts_count") == runs + 1
-    version = model_version(image_folder / "exported")
+    version = served_predictor(image_folder / "exported", "onnx_int8", 32).version
     assert metric(server, "finsent_model_info", backend="onnx_int8", version=version) == 1
 
 
