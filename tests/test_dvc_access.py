@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
 from finsent.cli import run_cli
 from finsent.errors import FinsentError
 
@@ -30,7 +32,11 @@ def main():
     Path("vocab.txt").write_text("bearish bullish")
     Path("metrics/train").mkdir(parents=True, exist_ok=True)
     Path("metrics/train/params.yaml").write_text(params)
-    Path("metrics/train/metrics.json").write_text(json.dumps({"dev": {"macro_f1": 0.5}}))
+    # A dev score that each param moves, for the sweep summary to tell runs apart.
+    train = YAML(typ="safe").load(params)["train"]
+    f1 = 0.8 + train["seed"] / 1000 + train["epochs"] / 100 + train.get("warmup", 0)
+    summary = {"dev": {"macro_f1": f1, "accuracy": 0.9}, "best_epoch": train["epochs"]}
+    Path("metrics/train/metrics.json").write_text(json.dumps(summary))
 
 
 run_cli(main)
@@ -51,7 +57,7 @@ stages:
           cache: false
 """
 # As `dvc exp run -S train.learning_rate=1e-4` writes it: YAML 1.2, where PyYAML reads a string.
-PARAMS = "train:\n  seed: 42\n  learning_rate: 1e-4\n"
+PARAMS = "train:\n  seed: 42\n  epochs: 3\n  learning_rate: 1e-4\n"
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,9 @@ def test_files_at_a_revision_come_from_git_or_from_the_dvc_cache(repo, tmp_path)
 def test_params_are_read_as_dvc_reads_them(repo):
     (repo / "metrics/train/params.yaml").unlink()  # read at the revision alone
     recorded = dvc_access.yaml_at("metrics/train/params.yaml", "main")
-    assert recorded == {"train": {"seed": 42, "learning_rate": 1e-4}}  # a float, not the string "1e-4"
+    assert recorded == {
+        "train": {"seed": 42, "epochs": 3, "learning_rate": 1e-4}
+    }  # a float, not the string "1e-4"
     assert dvc_access.yaml_at("metrics/other.yaml", "main", missing_ok=True) is None
 
 
@@ -97,6 +105,16 @@ def test_params_are_read_as_dvc_reads_them(repo):
     ("read", "message"),
     [
         (lambda: dvc_access.read_bytes("nope.csv", "main"), "main:nope.csv: no such file at revision main"),
+        (
+            lambda: dvc_access.read_bytes("models", "main"),
+            "main:models: a folder at revision main, not a file",
+        ),
+        (lambda: dvc_access.read_bytes("", "main"), "main:: a folder at revision main, not a file"),
+        (lambda: dvc_access.read_bytes("params.yaml", ""), ":params.yaml: no revision given (REV:PATH)"),
+        (
+            lambda: dvc_access.read_bytes("../outside", "main"),
+            "main:../outside: no such file at revision main",
+        ),
         (
             lambda: dvc_access.read_bytes("params.yaml", "nope"),
             "nope:params.yaml: unknown Git revision 'nope'",
@@ -146,7 +164,7 @@ def test_experiments_list_each_run_with_its_own_recorded_params(repo):
     (run_rev,) = experiment["revs"]
     assert run_rev["name"] == "lower"
     assert dvc_access.yaml_at("metrics/train/params.yaml", run_rev["rev"]) == {
-        "train": {"seed": 42, "learning_rate": 1e-5}
+        "train": {"seed": 42, "epochs": 3, "learning_rate": 1e-5}
     }
     assert dvc_access.yaml_at("metrics/train/params.yaml", "lower")["train"]["learning_rate"] == 1e-5
 
@@ -187,3 +205,27 @@ def test_a_dvc_command_runs_as_the_dvc_this_python_imports(repo, monkeypatch):
     # No `dvc` on PATH: the same DVC as dvc.api, whatever the shell finds first.
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent.parent / "no-such-bin"))
     assert dvc_access.params_diff("main") == {}
+
+
+def test_a_sweep_over_three_commits_groups_runs_by_what_their_records_hold(repo):
+    """The sweep summary over real `dvc exp run`s: a key added to params.yaml between two commits sets
+    the older runs apart, shown `absent`, with no list of keys to keep up to date."""
+    run(["dvc", "exp", "run", "-q", "-n", "old-s1", "-S", "train.seed=1"], cwd=repo, env=SOURCE_ENV)
+    commit_files(repo, {"params.yaml": PARAMS + "  warmup: 0.1\n"}, "a new key")
+    run(["dvc", "repro", "-q"], cwd=repo, env=SOURCE_ENV)
+    commit_files(repo, {}, "run with the new key, seed 42")
+    run(["dvc", "exp", "run", "-q", "-n", "new-e4", "-S", "train.epochs=4"], cwd=repo, env=SOURCE_ENV)
+    run(["git", "checkout", "--", "."], cwd=repo)  # the workspace's params.yaml: the defaults
+
+    summary = ["python", "-m", "finsent.experiments.sweep_summary", "--rev", "main", "-n", "3"]
+    assert run(summary, cwd=repo, env=SOURCE_ENV).stdout.splitlines()[2:] == [
+        "| `train.epochs=4` | 1 | 42 | 0.982 | 0.982 to 0.982 | 0.900 | 4 |",
+        "| `none (params.yaml)` | 1 | 42 | 0.972 | 0.972 to 0.972 | 0.900 | 3 |",
+        "| `train.warmup=absent` | 2 | 1, 42 | 0.852 | 0.831 to 0.872 | 0.900 | 3, 3 |",
+    ]
+    nothing = run([*summary[:3], "--rev", "nope"], cwd=repo, env=SOURCE_ENV, check=False)
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        "error: dvc exp show --no-fetch --num 1 --rev=nope --json: failed to show experiments - "
+        "unknown Git revision 'nope'\n",
+    )

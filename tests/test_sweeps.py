@@ -1,7 +1,7 @@
 import json
 import subprocess
 
-from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, run
+from conftest import PROJECT
 from ruamel.yaml import YAML
 
 from finsent.experiments.sweep_summary import (
@@ -99,70 +99,3 @@ def test_only_finished_runs_count_not_one_still_running(monkeypatch):
     ]
     runs = runs_of(shown, DEFAULTS)
     assert [(run.name, run.dev_macro_f1) for run in runs] == [(head[:7], summary["dev"]["macro_f1"])]
-
-
-RECORDING_STAGE = """\
-import json
-from pathlib import Path
-
-from ruamel.yaml import YAML
-
-params = YAML(typ="safe").load(Path("params.yaml").read_text())
-train = params["train"]
-Path("metrics/train").mkdir(parents=True, exist_ok=True)
-Path("metrics/train/params.yaml").write_text(Path("params.yaml").read_text())
-f1 = 0.8 + train["seed"] / 1000 + train["epochs"] / 100 + train.get("warmup", 0)
-dev = {"macro_f1": f1, "accuracy": 0.9}
-Path("metrics/train/metrics.json").write_text(json.dumps({"dev": dev, "best_epoch": train["epochs"]}))
-"""
-RECORDING_DVC_YAML = """\
-stages:
-  train:
-    cmd: python stage.py
-    deps: [stage.py]
-    params: [train]
-    outs:
-      - metrics/train/params.yaml:
-          cache: false
-    metrics:
-      - metrics/train/metrics.json:
-          cache: false
-"""
-
-
-def test_a_sweep_over_two_commits_groups_runs_by_what_their_records_hold(tmp_path):
-    """Real `dvc exp run`s: a key added to params.yaml between two commits sets the older runs apart,
-    shown `absent`, with no list of keys to keep up to date."""
-    repo = git_dvc_repo(tmp_path / "repo")
-    files = {"stage.py": RECORDING_STAGE, "dvc.yaml": RECORDING_DVC_YAML}
-    commit_files(repo, {**files, "params.yaml": "train:\n  seed: 42\n  epochs: 3\n"}, "params")
-    run(["dvc", "repro", "-q"], cwd=repo)
-    commit_files(repo, {}, "run, seed 42")
-    run(["dvc", "exp", "run", "-q", "-n", "old-s1", "-S", "train.seed=1"], cwd=repo)
-    commit_files(repo, {"params.yaml": "train:\n  seed: 42\n  epochs: 3\n  warmup: 0.1\n"}, "a new key")
-    run(["dvc", "repro", "-q"], cwd=repo)
-    commit_files(repo, {}, "run with the new key, seed 42")
-    run(["dvc", "exp", "run", "-q", "-n", "new-e4", "-S", "train.epochs=4"], cwd=repo)
-    run(["git", "checkout", "--", "."], cwd=repo)  # the workspace's params.yaml: the defaults
-
-    summary = run(
-        ["python", "-m", "finsent.experiments.sweep_summary", "--rev", "main", "-n", "3"],
-        cwd=repo,
-        env=SOURCE_ENV,
-    )
-    assert summary.stdout.splitlines()[2:] == [
-        "| `train.epochs=4` | 1 | 42 | 0.982 | 0.982 to 0.982 | 0.900 | 4 |",
-        "| `none (params.yaml)` | 1 | 42 | 0.972 | 0.972 to 0.972 | 0.900 | 3 |",
-        "| `train.warmup=absent` | 2 | 1, 42 | 0.852 | 0.831 to 0.872 | 0.900 | 3, 3 |",
-    ]
-    nothing = run(
-        ["python", "-m", "finsent.experiments.sweep_summary", "--rev", "nope"],
-        cwd=repo,
-        env=SOURCE_ENV,
-        check=False,
-    )
-    assert (nothing.returncode, nothing.stderr) == (
-        1,
-        "error: dvc exp show --no-fetch --num 1 --rev=nope --json: failed to show experiments - "
-        "unknown Git revision 'nope'\n",
-    )

@@ -68,10 +68,14 @@ def _files_at(path: str, rev: str) -> Iterator:
     """DVC's file system of revision `rev` (git's files and DVC's outputs), to read `path` from."""
     import dvc.api
 
+    if not rev:  # DVC would read the workspace
+        raise FinsentError(f"{rev}:{path}: no revision given (REV:PATH)")
     with _api_errors(f"{rev}:{path}"):
         filesystem = dvc.api.DVCFileSystem(rev=rev)
         try:
             yield filesystem
+        except IsADirectoryError:
+            raise FinsentError(f"{rev}:{path}: a folder at revision {rev}, not a file") from None
         except FileNotFoundError:
             if not filesystem.exists(path):
                 raise _missing(path, rev) from None
