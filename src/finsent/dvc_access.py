@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from finsent.config import parse_yaml
 from finsent.errors import FinsentError
 
 LOCK_FILE = "dvc.lock"
@@ -99,23 +100,18 @@ def download(path: str, rev: str, out: Path) -> Path:
 
 
 def yaml_at(path: str, rev: str, missing_ok: bool = False) -> dict | None:
-    """A YAML (or JSON) file of `rev`, read as DVC reads params: YAML 1.2, where `1e-4` is a number.
+    """A YAML (or JSON) file of `rev`, read as YAML 1.2 (as DVC reads params): `1e-4` is a number.
 
     A file that `rev` lacks fails, or with `missing_ok` reads as None. (Not `dvc.api.params_show`:
     with a `rev` it reads the workspace's copy too, and fails where the workspace lacks the file.)
     """
-    from ruamel.yaml import YAML, YAMLError
-
     try:
         content = read_bytes(path, rev)
     except NotAtRevision:
         if missing_ok:
             return None
         raise
-    try:
-        return YAML(typ="safe").load(content)
-    except YAMLError as error:
-        raise FinsentError(f"{rev}:{path}: not YAML ({error.problem})") from None
+    return parse_yaml(content, f"{rev}:{path}")
 
 
 def params_diff(base: str) -> dict:
