@@ -29,7 +29,10 @@ pipeline: install install-mpnet
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
 # The teacher's outputs are in git and its deps are its own inputs alone (dvc.yaml): this retrains it
-# even when none of them changed, e.g. after editing the shared training code it runs.
+# even when none of them changed, e.g. after editing the shared training code it runs. `dvc status`
+# stays quiet about such an edit; `finsent-results` says it: metrics/teacher.json records the hash of
+# the code the teacher ran (its script and the package modules it imports), and the teacher's row
+# reads "its code has changed since it was made" when the tree's code differs.
 teacher: install install-mpnet
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro download
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro --force --single-item teacher

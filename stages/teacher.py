@@ -4,6 +4,8 @@ With `teacher.runs` above 1, as many runs (seeds train.seed, train.seed + 1, ...
 probabilities, averaged, are the soft labels (written as their logarithms, which softmax turns back).
 
 Its weights are not kept: all that the pipeline needs from it is the logits, which are small and in git.
+Its metrics record the hash of the code it ran (`code_sha256`): its deps leave out the shared modules,
+and `finsent-results` says when they have changed since.
 """
 
 import argparse
@@ -11,16 +13,23 @@ import gc
 import json
 from pathlib import Path
 
-import numpy as np
 from datasets import disable_progress_bars
-from scipy.special import log_softmax, logsumexp, softmax
+from scipy.special import softmax
 
 from finsent.atomic import atomic_dir, atomic_file
 from finsent.augmentation import augmented_copies
 from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
-from finsent.distillation import AUGMENTED_FILE, SPLIT_FILES, with_mask_token, write_logits
+from finsent.distillation import (
+    AUGMENTED_FILE,
+    CODE_KEY,
+    SPLIT_FILES,
+    ensemble_logits,
+    teacher_code_sha256,
+    with_mask_token,
+    write_logits,
+)
 from finsent.errors import FinsentError
 from finsent.metrics import headline_metrics
 from finsent.pretrained import resolve_pretrained
@@ -51,6 +60,7 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path, help="folder for the logits: train, dev and augmented CSV")
     parser.add_argument("metrics_file", type=Path)
     args = parser.parse_args()
+    code = teacher_code_sha256()  # the code imported now, whatever is edited while it trains
     disable_progress_bars()
     params = load_params()
     teacher = params.teacher
@@ -80,18 +90,12 @@ def main() -> None:
             runs.append((train.seed, logits, summary))
             del trainer
             gc.collect()  # one run's model at a time in memory
-        if len(runs) == 1:
-            logits = runs[0][1]
-        else:  # log of the runs' mean probabilities, from their log-probabilities: never log(0)
-            logits = {
-                name: logsumexp([log_softmax(run_logits[name], axis=1) for _, run_logits, _ in runs], axis=0)
-                - np.log(len(runs))
-                for name in LABELLED
-            }
+        logits = {name: ensemble_logits([run_logits[name] for _, run_logits, _ in runs]) for name in LABELLED}
         for split, file_name in SPLIT_FILES.items():
             write_logits(staging / file_name, splits[split][["id"]], logits[split])
         write_logits(staging / AUGMENTED_FILE, augmented, logits["augmented"])
         metrics = {split: headline_metrics(labels[split], softmax(logits[split], axis=1)) for split in labels}
+        metrics[CODE_KEY] = code
         if len(runs) == 1:
             metrics |= {"best_epoch": runs[0][2]["best_epoch"], "train": runs[0][2]["train"]}
         else:

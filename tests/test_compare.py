@@ -138,12 +138,12 @@ def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path, monkeypat
     assert [m["ci_low"] for m in shown["metrics"]] == [m.ci_low for m in expected.metrics]
     result = compare("nope:plots/predictions.csv", "plots/predictions.csv", check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: nope:plots/predictions.csv: revision 'nope' does not exist"
+    assert result.stderr.strip() == "error: nope:plots/predictions.csv: unknown Git revision 'nope'"
 
     monkeypatch.chdir(repo)
     pd.testing.assert_frame_equal(read_predictions("HEAD:plots/predictions.csv"), baseline)
     for source, message in [
-        ("main:plots/other.csv", "main:plots/other.csv: no file 'plots/other.csv' at revision 'main'"),
+        ("main:plots/other.csv", "main:plots/other.csv: no such file at revision main"),
         ("missing.csv", "missing.csv: file not found"),
     ]:
         with pytest.raises(FinsentError, match=f"^{message}$"):

@@ -21,7 +21,14 @@ from finsent.augmentation import (
 )
 from finsent.config import AugmentParams, DistillParams, load_params
 from finsent.data import SOURCE_FILES, read_source_csv, split_dev
-from finsent.distillation import AUGMENTED_FILE, LOGIT_COLUMNS, MASK, distillation_rows, write_logits
+from finsent.distillation import (
+    AUGMENTED_FILE,
+    LOGIT_COLUMNS,
+    MASK,
+    distillation_rows,
+    ensemble_logits,
+    write_logits,
+)
 from finsent.errors import FinsentError
 from finsent.tokenization import NO_LABEL, TEACHER_LOGITS
 from finsent.training import DistillationCollator, classification_loss, distillation_loss, trainer_loss
@@ -270,3 +277,18 @@ def test_predict_logits_are_in_row_order_after_length_grouped_training(tiny_bert
         for row in (0, 7, 13, 150, 199):
             alone = model(**tokenizer(frame["text"][row], return_tensors="pt")).logits[0].numpy()
             np.testing.assert_allclose(logits[row], alone, atol=1e-4)
+
+
+def test_an_ensemble_is_the_log_of_its_runs_mean_probabilities():
+    rng = np.random.default_rng(0)
+    runs = [rng.normal(0, 3, size=(50, 3)).astype(np.float32) for _ in range(3)]
+    ensemble = ensemble_logits(runs)
+    assert ensemble.shape == (50, 3)
+    mean = np.mean([np.exp(run) / np.exp(run).sum(axis=1, keepdims=True) for run in runs], axis=0)
+    np.testing.assert_allclose(np.exp(ensemble), mean, rtol=1e-5)  # log-probabilities: softmax is exp
+    np.testing.assert_array_equal(ensemble_logits(runs[:1]), runs[0])  # one run: its logits as they are
+    # Runs that disagree with near certainty: each class keeps the share its one run gives it, where
+    # log(mean(softmax)) would be log(0) for the probabilities that underflow.
+    sure = [np.array([[800.0, 0.0, 0.0]]), np.array([[0.0, 800.0, 0.0]])]
+    assert np.isfinite(ensemble_logits(sure)[:, :2]).all()
+    np.testing.assert_allclose(np.exp(ensemble_logits(sure)), [[0.5, 0.5, 0.0]], atol=1e-12)

@@ -5,57 +5,21 @@ but never imported reruns it for nothing. Imports are followed through the packa
 (lazy) imports included.
 """
 
-import ast
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
+
+from finsent import provenance
 
 PROJECT = Path(__file__).resolve().parents[1]
 SOURCE = PROJECT / "src"
 STAGES = YAML(typ="safe").load((PROJECT / "dvc.yaml").read_text())["stages"]
 
 
-def module_file(name: str) -> Path | None:
-    """The file of package module `name` (finsent.x.y), or None for a name that is not a module."""
-    base = SOURCE.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(file: Path) -> set[str]:
-    """The finsent modules that `file` imports, and each package above them (run on import)."""
-    names = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # from pkg import module
-    found = set()
-    for name in names:
-        parts = name.split(".")
-        if parts[0] != "finsent":
-            continue
-        for depth in range(1, len(parts) + 1):
-            if module_file(".".join(parts[:depth])) is not None:
-                found.add(".".join(parts[:depth]))
-    return found
-
-
 def package_closure(script: Path) -> set[str]:
     """Every package file that running `script` may import, as paths relative to the project."""
-    seen: set[str] = set()
-    pending = imported_modules(script)
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        pending |= imported_modules(module_file(name)) - seen
-    return {module_file(name).relative_to(PROJECT).as_posix() for name in seen}
+    return {file.relative_to(PROJECT).as_posix() for file in provenance.package_closure(script, SOURCE)}
 
 
 TEACHER_OWN_MODULES = {"src/finsent/augmentation.py"}

@@ -30,7 +30,7 @@ from ruamel.yaml import YAML
 
 from finsent.config import LABELS
 from finsent.data import SOURCE_FILES, read_source_csv, to_jsonl
-from finsent.metrics import classification_metrics, precision_recall_curves
+from finsent.metrics import CALIBRATION_BINS, classification_metrics, precision_recall_curves
 from finsent.plot_data import precision_recall_table
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -101,6 +101,48 @@ def cells_by_revision(svg: ET.Element) -> dict[str, dict[tuple[str, str], str]]:
             fields = dict(part.split(": ") for part in text.get("aria-label").split("; "))
             drawn[revision][(fields["actual"], fields["predicted"])] = text.text
     return drawn
+
+
+def aria(element: ET.Element) -> dict[str, str]:
+    """The fields Vega writes into a mark's aria-label: `name: value; name: value`."""
+    return dict(part.split(": ", 1) for part in element.get("aria-label").split("; "))
+
+
+def reliability_drawn(svg: ET.Element) -> dict:
+    """A reliability diagram as drawn: its dashed diagonal's path, each point's number label and each
+    histogram bar, by (revision, bin or confidence)."""
+    marks = groups(svg, "role-mark")
+    (diagonal,) = [path for g in marks for path in g.iter(f"{SVG}path") if path.get("stroke-dasharray")]
+    labels = {
+        (fields["rev"], float(fields["confidence"])): text.text
+        for g in marks
+        if "mark-text" in g.get("class")
+        for text in g.iter(f"{SVG}text")
+        if "texts" in (fields := aria(text))
+    }
+    bars = {
+        (fields["rev"], int(fields["bin"])): int(fields["texts"])
+        for g in marks
+        if "mark-rect" in g.get("class")
+        for path in g.iter(f"{SVG}path")
+        for fields in [aria(path)]
+    }
+    return {"diagonal": diagonal.get("d"), "labels": labels, "bars": bars}
+
+
+def assert_reliability_drawn(svg: ET.Element, tables: dict[str, pd.DataFrame]) -> None:
+    """The diagonal from the panel's (0, 0) corner to its (1, 1), and each revision's bins with their
+    number of texts, as labels beside the points and as bars."""
+    drawn = reliability_drawn(svg)
+    assert re.fullmatch(r"M0,(\d+)L(\d+),0", drawn["diagonal"]), drawn["diagonal"]
+    assert drawn["labels"] == {
+        (revision, row.confidence): str(row.count)
+        for revision, table in tables.items()
+        for row in table.itertuples()
+    }
+    assert drawn["bars"] == {
+        (revision, row.bin): row.count for revision, table in tables.items() for row in table.itertuples()
+    }
 
 
 def confusion(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -225,6 +267,11 @@ def test_page_draws_every_plot_readably_and_references_nothing_outside(evaluated
     legends = [texts(legend) for legend in groups(curves, "role-legend")]
     assert legends == [[f"workspace: AP {per_class[name]['average_precision']:.3f}"] for name in LABELS]
     assert not [name for name in texts(curves) if name.endswith(".csv")]
+
+    # The evaluate stage's bins, each with its number of texts, about the diagonal.
+    reliability = pd.read_csv(evaluated_repo / "plots/reliability.csv")
+    assert reliability["count"].sum() == len(predictions)
+    assert_reliability_drawn(svgs[RELIABILITY], {"workspace": reliability})
 
 
 def test_page_of_a_revision_draws_both_side_by_side(evaluated_repo, tmp_path):
@@ -359,3 +406,29 @@ def test_markup_in_a_plot_title_is_text(small_repo):
 def test_the_page_is_the_finsent_plots_command():
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["finsent-plots"] == "finsent.experiments.plots:cli"
+
+
+def test_the_reliability_diagram_draws_the_diagonal_and_each_bins_number_of_texts(small_repo):
+    # A bin of two texts at accuracy 0 must read as two texts, beside a revision whose bins differ.
+    run(["git", "tag", "base"], cwd=small_repo)
+    (small_repo / "plots/reliability.csv").write_text(
+        "bin,confidence,accuracy,count\n6,0.37,0.0,2\n15,0.98,0.9,40\n"
+    )
+    draw(small_repo, "base")
+    svg = plot_svgs((small_repo / PAGE).read_text())[RELIABILITY]
+    tables = {
+        "base": pd.DataFrame({"bin": [10, 15], "confidence": [0.65, 0.98], "count": [2, 1]}),
+        "workspace": pd.DataFrame({"bin": [6, 15], "confidence": [0.37, 0.98], "count": [2, 40]}),
+    }
+    assert_reliability_drawn(svg, tables)
+    assert "perfect calibration" in texts(svg)
+    assert {"mean confidence of the bin", "accuracy of the bin", "texts"} <= axis_titles(svg)
+
+
+def test_the_reliability_template_bins_as_the_metrics_do():
+    template = (PROJECT / ".dvc/plots/reliability.json").read_text()
+    assert template.count(f"/ {CALIBRATION_BINS}") == 2  # the histogram's bin edges
+    assert f"({CALIBRATION_BINS} equal bins)" in template
+    assert (
+        f"Reliability (validation, {CALIBRATION_BINS} confidence bins)" in (PROJECT / "dvc.yaml").read_text()
+    )

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT, run
 
+from finsent.distillation import CODE_KEY, TEACHER_SCRIPT, teacher_code_sha256
 from finsent.errors import FinsentError
 from finsent.experiments.results import BEGIN, END, replace_block, results_markdown
 
@@ -37,19 +39,67 @@ def test_a_readme_without_the_markers_is_named():
         replace_block("no markers here", f"{BEGIN}\n{END}", "README.md")
 
 
+def results_tree(parent: Path) -> Path:
+    """What `finsent-results` reads, copied into a folder of `parent`: the metrics, params.yaml and the
+    teacher's code."""
+    folder = parent / "tree"
+    shutil.copytree(PROJECT / "metrics", folder / "metrics")
+    shutil.copy(PROJECT / "params.yaml", folder / "params.yaml")
+    shutil.copytree(PROJECT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "stages").mkdir()
+    shutil.copy(PROJECT / TEACHER_SCRIPT, folder / TEACHER_SCRIPT)
+    return folder
+
+
+def teacher_row(root: Path) -> str:
+    return next(line for line in results_markdown(root).splitlines() if line.startswith("| teacher"))
+
+
 def test_the_teacher_row_names_an_ensemble_and_one_run(tmp_path):
-    shutil.copytree(PROJECT / "metrics", tmp_path / "metrics")
-    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
-    teacher = json.loads((tmp_path / "metrics/teacher.json").read_text())
+    root = results_tree(tmp_path)
+    teacher = json.loads((root / "metrics/teacher.json").read_text())
     runs = list(teacher["runs"].values())  # the committed teacher: an ensemble, each run under `runs`
 
-    def teacher_row() -> str:
-        return next(line for line in results_markdown(tmp_path).splitlines() if line.startswith("| teacher"))
-
-    assert f", ensemble of {len(runs)} runs |" in teacher_row()
-    assert teacher_row().endswith(f"| {runs[0]['train']['trainable_parameters']:,} |")
+    assert f", ensemble of {len(runs)} runs" in teacher_row(root)
+    assert teacher_row(root).endswith(f"| {runs[0]['train']['trainable_parameters']:,} |")
     # One run: its summary is the file itself.
     one_run = {key: runs[0][key] for key in ("dev", "validation", "best_epoch", "train")}
-    (tmp_path / "metrics/teacher.json").write_text(json.dumps(one_run))
-    assert "ensemble" not in teacher_row()
-    assert f"| {one_run['validation']['macro_f1']:.3f} |" in teacher_row()
+    (root / "metrics/teacher.json").write_text(json.dumps(one_run))
+    assert "ensemble" not in teacher_row(root)
+    assert f"| {one_run['validation']['macro_f1']:.3f} |" in teacher_row(root)
+
+
+def test_the_teacher_row_says_when_the_code_it_ran_has_changed(tmp_path):
+    root = results_tree(tmp_path)
+    metrics_file = root / "metrics/teacher.json"
+    teacher = json.loads(metrics_file.read_text())
+    teacher.pop(CODE_KEY, None)
+    metrics_file.write_text(json.dumps(teacher))
+    assert teacher_row(root).startswith(
+        "| teacher: all-mpnet-base-v2, LoRA, 2 epochs, ensemble of 3 runs (the code "
+    )
+    assert "(the code that made it is not recorded) |" in teacher_row(root)
+
+    # As the teacher stage records it: made by this code, nothing to say.
+    metrics_file.write_text(json.dumps(teacher | {CODE_KEY: teacher_code_sha256(root)}))
+    assert teacher_row(root).startswith("| teacher: all-mpnet-base-v2, LoRA, 2 epochs, ensemble of 3 runs | ")
+    changed = "(its code has changed since it was made: `make teacher` retrains it) |"
+    # A module the teacher imports and lists nowhere in its deps (the shared training code), its script,
+    # and a module it newly imports each change what made it; a module it never imports does not.
+    for file, edit in [
+        ("src/finsent/training.py", "\n# a fix of the shared training code\n"),
+        (str(TEACHER_SCRIPT), "\n# an edit of the script\n"),
+        ("src/finsent/tokenization.py", "\nimport finsent.new_module  # noqa\n"),
+    ]:
+        before = (root / file).read_text()
+        if "new_module" in edit:
+            (root / "src/finsent/new_module.py").write_text("")
+            assert "changed since" not in teacher_row(root)  # not imported yet: not its code
+        (root / file).write_text(before + edit)
+        assert changed in teacher_row(root), file
+        (root / file).write_text(before)
+        assert "changed since" not in teacher_row(root)
+    (root / "src/finsent/export.py").write_text("# not the teacher's code\n")
+    assert "changed since" not in teacher_row(root)
+    # The same code in another folder: the same hash.
+    assert teacher_code_sha256(shutil.copytree(root, tmp_path / "moved")) == teacher_code_sha256(root)

@@ -207,7 +207,10 @@ def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_req
 
 def test_bad_base_revision_is_named(pull_request):
     result = report(pull_request, "--base", "nope", check=False)
-    assert (result.returncode, result.stderr.strip()) == (1, "error: revision 'nope' does not exist")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "error: dvc metrics diff nope --all --json: unknown Git revision 'nope'",
+    )
     assert not (pull_request / "report").exists()
 
 
@@ -218,7 +221,10 @@ def test_metrics_missing_on_main_are_named(pull_request):
     run(["git", "checkout", "-q", "change"], cwd=pull_request)
     result = report(pull_request, check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: metrics/validation.json: missing at revision 'main'"
+    assert result.stderr.strip() == (
+        "error: main:metrics/validation.json: no metrics at revision main (missing, unreadable, or not in "
+        "its dvc.yaml)"
+    )
     assert not (pull_request / "report").exists()
 
 

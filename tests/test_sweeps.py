@@ -31,29 +31,39 @@ def test_a_run_differs_by_its_changed_params_and_never_by_its_seed():
     assert describe_change(changed, DEFAULTS) == "lora.r=8 train.epochs=5"
 
 
-def test_an_older_record_reads_as_what_it_ran():
+def test_records_of_other_times_are_compared_by_what_they_hold():
     old = recorded()
-    del old["tokenize"]["url_replacement"], old["tokenize"]["cashtag_replacement"]
-    del old["train"]["focal_gamma"], old["train"]["num_processes"]
-    # Before those keys existed links were kept, and nothing else differed from today's defaults.
-    assert describe_change(training_params(old), DEFAULTS) == "tokenize.url_replacement=null"
-    del old["lora"]["dropout"]  # a key that existed from the start: never filled in
-    assert "lora.dropout=unrecorded" in describe_change(training_params(old), DEFAULTS)
+    del old["tokenize"]["url_replacement"], old["train"]["focal_gamma"]
+    old["train"]["retired_knob"] = 3  # a key params.yaml no longer has
+    assert describe_change(training_params(old), DEFAULTS) == (
+        "tokenize.url_replacement=absent train.focal_gamma=absent train.retired_knob=3"
+    )
+    del old["lora"]  # a section the run lacks altogether: one word, not one a key
+    assert describe_change(training_params(old), DEFAULTS).startswith("lora=absent tokenize.url_")
+    # A key that params.yaml gains later reads absent in every older record, with no list to keep:
+    # these runs stand apart from those that ran with the key.
+    newer = training_params(recorded()) | {"train.new_knob": 0.5}
+    assert describe_change(training_params(recorded()), newer) == "train.new_knob=absent"
 
 
 def test_the_teacher_counts_only_for_a_run_that_distils():
     plain = recorded(distill__enabled=False, teacher__label_batch_size=7)
     del plain["teacher"]  # a run that does not distil records no teacher
     assert describe_change(training_params(plain), DEFAULTS) == "distill.enabled=False"
+    del plain["distill"]  # recorded before distillation existed: it did not distil either
+    assert describe_change(training_params(plain), DEFAULTS) == "distill=absent"
     distilled = recorded(teacher__label_batch_size=7)  # the default distils
     assert describe_change(training_params(distilled), DEFAULTS) == "teacher.label_batch_size=7"
     # Recorded when word dropout was the only augmentation, its rate named word_dropout.
     augment = distilled["teacher"]["augment"]
     augment["word_dropout"] = augment.pop("rate")
     del augment["method"]
-    assert describe_change(training_params(distilled), DEFAULTS) == "teacher.label_batch_size=7"
+    assert describe_change(training_params(distilled), DEFAULTS) == (
+        "teacher.augment.method=absent teacher.augment.rate=absent teacher.augment.word_dropout=0.15 "
+        "teacher.label_batch_size=7"
+    )
     del distilled["teacher"]  # recorded before runs recorded their teacher
-    assert describe_change(training_params(distilled), DEFAULTS) == "teacher=unrecorded"
+    assert describe_change(training_params(distilled), DEFAULTS) == "teacher=absent"
 
 
 def test_summary_has_a_row_a_change_best_mean_first():

@@ -17,31 +17,29 @@ def restore_hint(stage: str, root: Path) -> str:
     leaves the workspace without them. The previous ones are in the DVC cache where this clone ran the
     stage before (`dvc checkout`), or in git for outputs kept there (`cache: false`).
     """
-    from ruamel.yaml import YAML
+    from finsent import dvc_access
 
-    try:
-        lock = YAML(typ="safe").load((root / "dvc.lock").read_text(encoding="utf-8"))
-        outs = lock["stages"][stage].get("outs", [])
-    except (OSError, KeyError, TypeError, AttributeError):
-        return ""  # never ran here: nothing was removed
-    gone = [out for out in outs if not (root / out["path"]).exists()]
+    gone = [path for path in dvc_access.locked_outputs(stage, root) if not (root / path).exists()]
     if not gone:
-        return ""
-    cache = root / ".dvc" / "cache" / "files" / "md5"
-    in_cache = [out["path"] for out in gone if (cache / out["md5"][:2] / out["md5"][2:]).exists()]
+        return ""  # never ran here, or nothing was removed
+    try:
+        in_cache = dvc_access.cached_outputs(gone, root)
+    except FinsentError as error:  # the stage's own error comes first; this says why no hint follows
+        return f" (and no hint to restore its outputs: {error})"
     in_git = [
-        out["path"]
-        for out in gone
-        if out["path"] not in in_cache
+        path
+        for path in gone
+        if path not in in_cache
         and subprocess.run(
-            ["git", "-C", str(root), "cat-file", "-e", f"HEAD:{out['path']}"], capture_output=True
+            ["git", "-C", str(root), "cat-file", "-e", f"HEAD:{path}"], capture_output=True
         ).returncode
         == 0
     ]
-    lost = [out["path"] for out in gone if out["path"] not in in_cache + in_git]
+    cached = [path for path in gone if path in in_cache]
+    lost = [path for path in gone if path not in in_cache and path not in in_git]
     hints = []
-    if in_cache:
-        hints.append(f"`dvc checkout {stage}` restores the previous {', '.join(in_cache)}")
+    if cached:
+        hints.append(f"`dvc checkout {stage}` restores the previous {', '.join(cached)}")
     if in_git:
         hints.append(f"`git checkout -- {' '.join(in_git)}` restores the committed {', '.join(in_git)}")
     if lost:

@@ -187,21 +187,28 @@ distils; sweeps compare them.
 
 
 def read_yaml(path: Path):
-    """The content of a YAML file; what makes it unreadable, as one FinsentError naming the file.
+    """The content of a YAML file; what makes it unreadable, as one FinsentError naming the file."""
+    try:
+        return parse_yaml(Path(path).read_bytes(), str(path))
+    except FileNotFoundError:
+        raise FinsentError(f"{path}: file not found") from None
+
+
+def parse_yaml(content: bytes, source: str):
+    """YAML (or JSON) read from `source` (a file, or `REV:PATH`); what makes it unreadable, as one
+    FinsentError naming `source`.
 
     ruamel.yaml reads YAML 1.2, so `1e-3` (as `dvc exp run -S` writes it) is a float; PyYAML would
     read it as a string (treeverse/dvc#5971).
     """
     try:
-        return YAML(typ="safe").load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FinsentError(f"{path}: file not found") from None
+        return YAML(typ="safe").load(content.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
+        raise FinsentError(f"{source}: not UTF-8 (byte {error.start})") from None
     except MarkedYAMLError as error:
-        raise FinsentError(f"{path}, line {error.problem_mark.line + 1}: {error.problem}") from None
+        raise FinsentError(f"{source}, line {error.problem_mark.line + 1}: {error.problem}") from None
     except YAMLError as error:
-        raise FinsentError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        raise FinsentError(f"{source}: not valid YAML ({error.__class__.__name__})") from None
 
 
 def validated(model: type[ModelT], raw, path: Path) -> ModelT:

@@ -1,17 +1,20 @@
 """The teacher's outputs as files: its logits for train, dev and augmented copies of train.
 
 The teacher stage writes them (small, and kept in git, so that a clone does not train the teacher
-again); the tokenize stage reads them and joins them to the rows they belong to, checking that they
-are the teacher's logits for exactly those rows.
+again), from one run or the ensemble of several (`ensemble_logits`), with the hash of the code that
+made them (`teacher_code_sha256`); the tokenize stage reads them and joins them to the rows they
+belong to, checking that they are the teacher's logits for exactly those rows.
 """
 
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import log_softmax, logsumexp
 
 from finsent.config import LABELS, DistillParams
 from finsent.errors import FinsentError
+from finsent.provenance import code_sha256
 
 LOGIT_COLUMNS = [f"logit_{name}" for name in LABELS]
 SPLIT_FILES = {"train": "train.csv", "dev": "dev.csv"}
@@ -22,6 +25,29 @@ MASK = "[MASK]"
 token there (`with_mask_token`), since the teacher's and the student's tokenizers may name it apart
 (MPNet's `<mask>`, BERT's `[MASK]`)."""
 _DECIMALS = 4  # logits to 1e-4: softmax probabilities change by under 1e-4, the files stay small
+TEACHER_SCRIPT = Path("stages/teacher.py")
+CODE_KEY = "code_sha256"
+"""In metrics/teacher.json: `teacher_code_sha256` of the tree the teacher ran in."""
+
+
+def teacher_code_sha256(root: Path = Path()) -> str:
+    """SHA-256 of the teacher stage's script and the package modules it imports, in the tree at `root`.
+
+    Its deps in dvc.yaml leave out the shared modules on purpose (a fix there must not retrain it), so
+    the stage records this beside its metrics and `finsent-results` says when the code has changed.
+    """
+    return code_sha256(root / TEACHER_SCRIPT, root)
+
+
+def ensemble_logits(runs: list[np.ndarray]) -> np.ndarray:
+    """The logits of several runs' averaged class probabilities: the log of their mean (rows, classes).
+
+    Computed from each run's log-probabilities (logsumexp), never as log(mean): a probability that
+    underflows to 0 would give -inf. One run's logits are returned as they are.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    return logsumexp([log_softmax(logits, axis=1) for logits in runs], axis=0) - np.log(len(runs))
 
 
 def write_logits(file: Path, rows: pd.DataFrame, logits: np.ndarray) -> None:

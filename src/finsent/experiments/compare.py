@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from finsent import dvc_access
 from finsent.cli import run_cli
 from finsent.config import LABELS
 from finsent.errors import FinsentError
@@ -33,20 +34,7 @@ def read_predictions(source: str) -> pd.DataFrame:
         except FileNotFoundError:
             raise FinsentError(f"{source}: file not found") from None
     rev, path = source.split(":", 1)
-    # Imported here: DVC takes a second to import and reading a plain file needs none of it.
-    import dvc.api
-    from dvc.exceptions import DvcException, PathMissingError
-    from dvc.scm import RevError
-
-    try:
-        with dvc.api.open(path, rev=rev, mode="rb") as handle:
-            return _parse_predictions(handle.read(), source)
-    except RevError:
-        raise FinsentError(f"{source}: revision '{rev}' does not exist") from None
-    except PathMissingError:
-        raise FinsentError(f"{source}: no file '{path}' at revision '{rev}'") from None
-    except DvcException as error:
-        raise FinsentError(f"{source}: {error}") from None
+    return _parse_predictions(dvc_access.read_bytes(path, rev), source)
 
 
 def _parse_predictions(content: bytes, source: str) -> pd.DataFrame:

@@ -8,13 +8,11 @@ plots as SVG, with no script and nothing fetched.
 
 import argparse
 import html
-import json
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finsent import dvc_access
 from finsent.atomic import atomic_file
 from finsent.cli import run_cli
 from finsent.errors import FinsentError
@@ -61,15 +59,6 @@ class Plot:
     missing: list[tuple[str, str]] = field(default_factory=list)  # (data file, revision)
 
 
-def run_dvc(*args: str) -> str:
-    """stdout of a DVC command; its error as a FinsentError if it fails."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise FinsentError(f"dvc {' '.join(args)}: {lines[-1] if lines else f'exit {result.returncode}'}")
-    return result.stdout
-
-
 def dvc_plots(revisions: list[str]) -> list[Plot]:
     """dvc.yaml's plots: the workspace's with no `revisions`, else those of `dvc plots diff REVISIONS`.
 
@@ -78,9 +67,7 @@ def dvc_plots(revisions: list[str]) -> list[Plot]:
     after it, a stage not yet run) is noted on the plot, which shows the revisions that have it; any
     other error stops.
     """
-    # `--json` gives every plot filled in one call (`--show-vega` takes one target a call, dvc#7445).
-    command = ["plots", "diff", *revisions] if revisions else ["plots", "show"]
-    output = json.loads(run_dvc(*command, "--json"))
+    output = dvc_access.plots(revisions)
     missing: dict[str, list[tuple[str, str]]] = {}
     for error in output.get("errors", []):
         if error.get("type") == "FileNotFoundError" and "source" in error:

@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from finsent import dvc_access
 from finsent.atomic import atomic_dir
 from finsent.cli import run_cli
 from finsent.errors import FinsentError
@@ -160,39 +161,15 @@ def _value(value) -> str:
 def _diffs(base: str) -> tuple[dict, dict]:
     """`dvc params diff BASE` and `dvc metrics diff BASE --all`, as {file: {key: {old, new[, diff]}}}.
 
-    Fails unless `base` is a revision whose every metrics file (those of the workspace) can be read.
+    Fails unless `base` holds every metrics file, readable (`dvc metrics diff` gives no value there).
     """
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-    from dvc.scm import RevError, resolve_rev
-
-    try:
-        with Repo() as repo:
-            resolve_rev(repo.scm, base)
-            shown = repo.metrics.show(revs=[base])
-            _check_metrics_at(base, shown)
-            params = repo.params.diff(a_rev=base, b_rev="workspace")
-            metrics = repo.metrics.diff(a_rev=base, b_rev="workspace", all=True)
-    except RevError:
-        raise FinsentError(f"revision '{base}' does not exist") from None
-    except DvcException as error:
-        raise FinsentError(str(error)) from None
-    return params.get("diff", {}), metrics.get("diff", {})
-
-
-def _check_metrics_at(base: str, shown: dict) -> None:
-    """Fail unless every metrics file of the workspace can be read at `base` (`dvc metrics show`)."""
-    if "error" in shown.get(base, {}):
-        raise FinsentError(f"revision '{base}': metrics unreadable ({shown[base]['error']})")
-    at_base = shown.get(base, {}).get("data", {})
-    for path in shown["workspace"].get("data", {}):
-        if path not in at_base:
-            raise FinsentError(f"{path}: not a metrics file of revision '{base}' (see its dvc.yaml)")
-        error = at_base[path].get("error")
-        if isinstance(error, FileNotFoundError):
-            raise FinsentError(f"{path}: missing at revision '{base}'")
-        if error:
-            raise FinsentError(f"{path}: unreadable at revision '{base}' ({error})")
+    metrics = dvc_access.metrics_diff(base)
+    for path, values in metrics.items():
+        if all(change.get("old") is None for change in values.values()):
+            raise FinsentError(
+                f"{base}:{path}: no metrics at revision {base} (missing, unreadable, or not in its dvc.yaml)"
+            )
+    return dvc_access.params_diff(base), metrics
 
 
 def _slug(title: str) -> str:

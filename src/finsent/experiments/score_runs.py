@@ -18,37 +18,27 @@ such as an ensemble, are judged here on dev (`--split dev`) before validation is
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from ruamel.yaml import YAML
 
+from finsent import dvc_access
 from finsent.cli import run_cli
 from finsent.config import load_params
 from finsent.data import read_jsonl
 from finsent.errors import FinsentError
+from finsent.experiments.sweep_summary import TRAIN_PARAMS
 from finsent.inference.predictors import TorchPredictor
 from finsent.metrics import headline_metrics
 
 
-def dvc_get(path: str, rev: str, out: Path) -> Path:
-    result = subprocess.run(
-        ["dvc", "get", ".", path, "--rev", rev, "-o", str(out)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FinsentError(f"{rev}: cannot get {path} ({reason})")
-    return out
-
-
 def run_probabilities(rev: str, texts: list[str], folder: Path) -> tuple[int, np.ndarray]:
     """The run's seed and its class probabilities for `texts`."""
-    models = dvc_get("models", rev, folder / "models")
-    recorded = dvc_get("metrics/train/params.yaml", rev, folder / "params.yaml")
+    recorded = dvc_access.yaml_at(TRAIN_PARAMS, rev)
+    models = dvc_access.download("models", rev, folder / "models")
     predictor = TorchPredictor.from_dir(models, load_params().evaluate.batch_size)
-    return YAML(typ="safe").load(recorded.read_text())["train"]["seed"], predictor.predict_proba(texts)
+    return recorded["train"]["seed"], predictor.predict_proba(texts)
 
 
 def parse_groups(arguments: list[str]) -> dict[str, list[str]]:

@@ -15,14 +15,13 @@ validation metrics, which are not its own.
 """
 
 import argparse
-import json
 import statistics
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from finsent import dvc_access
 from finsent.cli import run_cli
 from finsent.config import TRAINING_SECTIONS
 from finsent.errors import FinsentError
@@ -52,55 +51,42 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-KEYS_ADDED_SINCE = {
-    "model.layers": None,
-    "tokenize.url_replacement": None,
-    "tokenize.cashtag_replacement": None,
-    "train.num_processes": 1,
-    "train.focal_gamma": 0.0,
-    "train.cpu_bf16": False,
-    "distill.enabled": False,
-    "distill.alpha": 1.0,
-    "distill.temperature": 1.0,
-    "distill.augmented_copies": 0,
-    "teacher.augment.method": "word_dropout",
-}
-"""Training params added after runs were recorded, with the value those runs had: the one place where an
-older record (metrics/train/params.yaml) is completed. Any other missing key reads as `unrecorded`."""
-KEYS_RENAMED = {"teacher.augment.word_dropout": "teacher.augment.rate"}
-"""Training params renamed after runs were recorded: an older record's key, by its name now."""
+ABSENT = "absent"
+"""How a change reads where a run's record lacks a key (or a whole section) that the other side holds."""
 
 
 def training_params(raw: dict) -> dict:
-    """A run's training params, flat; `teacher: unrecorded` for a distilled run with no teacher record."""
-    recorded = flatten({section: raw.get(section) or {} for section in TRAINING_SECTIONS})
-    params = KEYS_ADDED_SINCE | {KEYS_RENAMED.get(key, key): value for key, value in recorded.items()}
-    if params["distill.enabled"] and not raw.get("teacher"):
-        params["teacher"] = "unrecorded"
-    return params
+    """The training sections (`TRAINING_SECTIONS`) of a params file, flat, as far as it holds them."""
+    return flatten({section: raw[section] for section in TRAINING_SECTIONS if section in raw})
 
 
 def describe_change(params: dict, defaults: dict) -> str:
-    """The params that differ from `defaults` (both from `training_params`), as `key=value`, seed aside.
+    """The params in which a run differs from `defaults` (both from `training_params`), as `key=value`,
+    the seed aside: records of different times are compared by what they hold, a key that one side
+    lacks being `absent`, and a section the run lacks altogether one `section=absent`.
 
-    The teacher's count only for a run that distils: the others owe their model nothing to it.
+    The teacher's keys only for a run that distils: the others owe their model nothing to it.
     """
-    unrecorded = object()
-    teacher_counts = params["distill.enabled"] and "teacher" not in params
-    changes = [
-        f"{key}={'unrecorded' if value is unrecorded else 'null' if value is None else value}"
-        for key in sorted(params.keys() | defaults.keys())
-        if key != "train.seed"
-        and (teacher_counts or not key.startswith("teacher."))
-        and (value := params.get(key, unrecorded)) != defaults.get(key)
-    ]
-    return " ".join(changes) or "none (params.yaml)"
+    if not params.get("distill.enabled"):
+        params, defaults = (
+            {k: v for k, v in side.items() if k.split(".")[0] != "teacher"} for side in (params, defaults)
+        )
+    changes = {
+        key: params.get(key, ABSENT)
+        for key in params.keys() | defaults.keys()
+        if key != "train.seed" and params.get(key, ABSENT) != defaults.get(key, ABSENT)
+    }
+    held = {key.split(".")[0] for key in params}
+    for key in [key for key in changes if key.split(".")[0] not in held]:
+        del changes[key]
+        changes[key.split(".")[0]] = ABSENT
+    words = [f"{key}={'null' if value is None else value}" for key, value in sorted(changes.items())]
+    return " ".join(words) or "none (params.yaml)"
 
 
 def recorded_params(rev: str) -> dict | None:
     """The params a revision's train stage ran with, as it recorded them; None if it has no record."""
-    shown = subprocess.run(["git", "show", f"{rev}:{TRAIN_PARAMS}"], capture_output=True, text=True)
-    return YAML(typ="safe").load(shown.stdout) if shown.returncode == 0 else None
+    return dvc_access.yaml_at(TRAIN_PARAMS, rev, missing_ok=True)
 
 
 def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
@@ -127,7 +113,7 @@ def runs_of(shown: list[dict], defaults: dict) -> list[Run]:
             run = Run(
                 name=name,
                 change=describe_change(params, defaults),
-                seed=params["train.seed"],
+                seed=params.get("train.seed"),
                 dev_macro_f1=summary["dev"]["macro_f1"],
                 dev_accuracy=summary["dev"]["accuracy"],
                 best_epoch=summary["best_epoch"],
@@ -167,18 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-n", "--num", type=int, default=1, help="commits to read from each --rev back")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the defaults")
     args = parser.parse_args(argv)
-    command = ["dvc", "exp", "show", "--json", "--no-fetch", "--num", str(args.num)]
-    for rev in args.rev:
-        command += ["--rev", rev]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode:
-        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FinsentError(f"dvc exp show failed: {last_line}")
+    shown = dvc_access.experiments(args.rev, args.num)
     try:
         defaults = training_params(YAML(typ="safe").load(args.params.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise FinsentError(f"{args.params}: file not found") from None
-    runs = runs_of(json.loads(result.stdout), defaults)
+    runs = runs_of(shown, defaults)
     if not runs:
         raise FinsentError(f"no finished runs under {', '.join(args.rev)}")
     print(summary_table(runs))
@@ -187,3 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 def cli() -> None:
     """The `finsent-sweep-summary` command: main() with expected errors as one line."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
