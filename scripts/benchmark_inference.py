@@ -49,17 +49,17 @@ from finsent.tokenization import load_fast_tokenizer, text_normalization
 
 
 def in_process(
-    backend: str, model_dir: Path, exported_dir: Path, texts: list[str], single: int
+    backend: str, model_dir: Path, exported_dir: Path, texts: list[str], single: int, device: str
 ) -> list[dict]:
     """Batch 1 (the first `single` texts, timed one by one) and batch 32 (all texts)."""
-    one = load_predictor(backend, model_dir, exported_dir, batch_size=1)
+    one = load_predictor(backend, model_dir, exported_dir, batch_size=1, device=device)
     one.predict_proba(texts[:8])  # warm-up
     latencies = []
     for text in texts[:single]:
         start = time.perf_counter()
         one.predict_proba([text])
         latencies.append(time.perf_counter() - start)
-    batched = load_predictor(backend, model_dir, exported_dir, batch_size=32)
+    batched = load_predictor(backend, model_dir, exported_dir, batch_size=32, device=device)
     batched.predict_proba(texts[:64])
     start = time.perf_counter()
     batched.predict_proba(texts)
@@ -203,6 +203,9 @@ def main() -> None:
     )
     parser.add_argument("--pretrained", metavar="CHECKPOINT", help="time this model, untrained (see above)")
     parser.add_argument("--layers", type=int, help="with --pretrained: N of its layers, as model.layers")
+    parser.add_argument(
+        "--gpu", action="store_true", help="the pytorch backend in process on the CUDA GPU (the server: CPU)"
+    )
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
     if args.layers is not None and (args.pretrained is None or args.layers < 1):
@@ -216,7 +219,8 @@ def main() -> None:
         print(f"exported {args.pretrained}, untrained, into {scratch.name}", file=sys.stderr)
     results = {}
     for backend in args.backends:
-        results[backend] = in_process(backend, args.model_dir, args.exported_dir, texts, args.single)
+        device = "cuda" if args.gpu and backend == "pytorch" else "cpu"
+        results[backend] = in_process(backend, args.model_dir, args.exported_dir, texts, args.single, device)
         results[backend] += over_http(
             backend, args.model_dir, args.exported_dir, texts, args.clients, args.server_model_threads
         )

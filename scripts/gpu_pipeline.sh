@@ -10,7 +10,10 @@
 # works, for the GPU machine's Python and platform, as docs/training.md's "On a GPU" section shows.
 # Where the hub is out of reach, set FINSENT_DATA_MIRROR. Prints each stage's wall time (the train and
 # teacher stages log their samples/s) and the validation metrics; outputs and dvc.lock are those of a
-# plain `dvc repro`.
+# plain `dvc repro`. Then, on the exported model: bulk scoring (finsent-score with the PyTorch backend on
+# the GPU, and with ONNX Runtime's CUDA provider where onnxruntime-gpu is installed) and the inference
+# benchmark (PyTorch on the GPU, the ONNX backends on the CPU). Results: benchmarks/gpu/*.json (each
+# with the command, commit, date and machine), the stages' times in benchmarks/gpu/stages.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -47,13 +50,21 @@ if ! command -v python >/dev/null; then
 fi
 
 "$python" -c 'import torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA device)")'
-for stage in download teacher tokenize train evaluate; do
+mkdir -p benchmarks/gpu
+times=()
+for stage in download teacher tokenize train evaluate export; do
   start=$EPOCHREALTIME
   forced=()
   if [[ $stage == teacher ]]; then forced=("${force_teacher[@]}"); fi
   "$python" -m dvc repro --single-item "${forced[@]}" "$stage"
-  awk -v stage="$stage" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "stage %s: %.1f s\n", stage, e - s }'
+  seconds=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.1f", e - s }')
+  echo "stage $stage: $seconds s"
+  times+=("\"$stage\": $seconds")
 done
+(IFS=,; echo "{${times[*]}}") > benchmarks/gpu/stages.json
+PYTHONPATH=src "$python" scripts/benchmark_bulk_scoring.py --texts 100000 --output benchmarks/gpu/bulk_scoring.json
+PYTHONPATH=src "$python" scripts/benchmark_inference.py --gpu --backends pytorch onnx_int8 --clients 32 \
+  --output benchmarks/gpu/inference.json
 "$python" - <<'PY'
 import json
 
