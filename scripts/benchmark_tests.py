@@ -12,7 +12,7 @@ from pathlib import Path
 
 from finsent.experiments.benchmark_record import write_record
 
-RUNS = {"make test-fast (pytest -m 'not slow')": ["-m", "not slow"], "make test (pytest)": []}
+RUNS = {"`make test-fast`": ["-m", "not slow"], "`make test`'s pytest": []}
 
 
 def main() -> None:
