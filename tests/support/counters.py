@@ -28,7 +28,10 @@ def send_until_closed(connection: socket.socket, chunk: bytes, seconds: float) -
     start, sent = time.monotonic(), 0
     try:
         while time.monotonic() - start < seconds:
-            sent += connection.send(chunk)
+            unsent = memoryview(chunk)
+            while unsent:  # whole chunks: a chunked body's framing holds
+                taken = connection.send(unsent)
+                sent, unsent = sent + taken, unsent[taken:]
     except OSError:  # closed by the server
         pass
     return time.monotonic() - start, sent
@@ -46,22 +49,28 @@ def read_until_closed(connection: socket.socket) -> bytes:
     return answer
 
 
-def resident_mib(pid: int) -> float:
-    """The resident memory of `pid` and its descendants (nginx's master and workers under finsent-serve),
-    from /proc (Linux)."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (nginx's master and workers under finsent-serve), from /proc (Linux)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:  # the process ended meanwhile
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, pending = 0.0, [pid]
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, pending = [], [pid]
     while pending:
-        current = pending.pop()
-        pending += children.get(current, [])
+        tree.append(pending.pop())
+        pending += children.get(tree[-1], [])
+    return tree
+
+
+def resident_mib(pid: int) -> float:
+    """The resident memory of `pid` and its descendants, from /proc (Linux)."""
+    total = 0.0
+    for member in process_tree(pid):
         try:
-            status = Path(f"/proc/{current}/status").read_text()
+            status = Path(f"/proc/{member}/status").read_text()
         except OSError:
             continue
         total += next(

@@ -125,7 +125,7 @@ def nginx_front(settings: ServeSettings) -> Iterator[Path]:
             yield api_socket
         except SystemExit:
             if process.poll() is not None and not stopping.is_set():
-                raise FinsentError(f"front: nginx exited with status {process.returncode}") from None
+                raise FinsentError(f"front: nginx {_ended(process.returncode)}") from None
             raise
         finally:
             stopping.set()
@@ -138,10 +138,16 @@ def _wait_until_listening(process: subprocess.Popen, pid_file: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not pid_file.exists():
         if process.poll() is not None:
-            raise FinsentError(f"front: nginx exited with status {process.returncode} (its message above)")
+            raise FinsentError(f"front: nginx {_ended(process.returncode)} (its message above)")
         if time.monotonic() > deadline:
             raise FinsentError(f"front: nginx not listening within {START_TIMEOUT_S} s")
         time.sleep(0.01)
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
 
 
 def _stop_with(process: subprocess.Popen, stopping: threading.Event) -> None:

@@ -25,14 +25,19 @@ class BodyLimit:
     time of a whole body (nginx only the time between two reads), so a client sending a byte at a time
     would hold its connection for ever.
 
-    Any answer sent before the body has arrived whole (these among them) closes the connection:
-    uvicorn would otherwise go on reading and discarding the rest for as long as the client sends it.
+    With `close_early`, any answer sent before the body has arrived whole (these among them) closes
+    the connection: uvicorn would otherwise go on reading and discarding the rest for as long as the
+    client sends it. Behind nginx, the connection is nginx's, which bounds the body itself and closes
+    its client's connection after such an answer: closed, nginx's sending of the rest would fail, and
+    its client would get a 502 instead of the answer.
+
     Rather than Starlette's RequestBodyLimitMiddleware, which answers the first case in plain text:
     every error of this API is JSON with a `detail`.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_values: int, timeout_s: float):
+    def __init__(self, app: ASGIApp, max_bytes: int, max_values: int, timeout_s: float, close_early: bool):
         self.app, self.max_bytes, self.max_values, self.timeout_s = app, max_bytes, max_values, timeout_s
+        self.close_early = close_early
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +48,7 @@ class BodyLimit:
         body_pending = declared not in ("", "0") or "transfer-encoding" in headers
 
         async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and body_pending:
+            if message["type"] == "http.response.start" and body_pending and self.close_early:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 

@@ -147,6 +147,7 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         max_values=settings.max_body_values,
         timeout_s=settings.request_timeout_s,
+        close_early=settings.front == "none",
     )
     app.add_middleware(FailureAnswers)
     app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(route.path for route in app.routes))
