@@ -4,11 +4,13 @@ clients: tests/test_hostile_clients.py. Skipped where nginx is not installed, bu
 error for a missing nginx."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +38,18 @@ def fronted(image_folder, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "server.log"
     with served("nginx", image_folder, log, max_text_chars=1000) as (client, _):  # bodies up to 49 kB
         yield client
+
+
+def nginx_processes(server_pid: int) -> tuple[int, list[int]]:
+    """nginx's master (a child of finsent-serve) and its workers."""
+    tree = process_tree(server_pid)
+    nginx = [pid for pid in tree if Path(f"/proc/{pid}/comm").read_text().strip() == "nginx"]
+    (master,) = [pid for pid in nginx if _parent(pid) == server_pid]
+    return master, [pid for pid in nginx if pid != master]
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def alive(pid: int) -> bool:
@@ -80,8 +94,9 @@ def test_without_nginx_front_nginx_is_one_line_naming_the_package(tmp_path, monk
 def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_then_stops_nginx(image_folder, tmp_path):
     log = tmp_path / "server.log"
     with served("nginx", image_folder, log, batch_window_ms=1000) as (client, server):
-        nginx = process_tree(server.process.pid)[1:]
-        assert len(nginx) == 2  # master and worker
+        master, workers = nginx_processes(server.process.pid)
+        nginx = [master, *workers]
+        assert len(workers) == 1
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.post, "/v1/predict", json={"texts": TEXTS})
             wait_for_waiting_texts(client, 3)
@@ -123,16 +138,18 @@ def test_requests_still_waiting_when_the_shutdown_timeout_ends_get_a_503_through
 def test_when_nginx_dies_the_api_stops_with_one_line(image_folder, tmp_path):
     log = tmp_path / "server.log"
     with served("nginx", image_folder, log) as (_, server):
-        master = process_tree(server.process.pid)[1]
+        master, workers = nginx_processes(server.process.pid)
         os.kill(master, signal.SIGKILL)
         assert server.process.wait(timeout=30) == 1
+        assert workers and not any(alive(pid) for pid in workers)  # a worker outlives its master else
     assert log.read_text().splitlines()[-1] == "error: front: nginx was killed by SIGKILL"
 
 
 @needs_nginx
 def test_when_finsent_serve_is_killed_nginx_does_not_outlive_it(image_folder, tmp_path):
     with served("nginx", image_folder, tmp_path / "server.log") as (_, server):
-        nginx = process_tree(server.process.pid)[1:]
+        master, workers = nginx_processes(server.process.pid)
+        nginx = [master, *workers]
         server.process.kill()
         server.process.wait()
         deadline = time.monotonic() + 10
@@ -214,3 +231,26 @@ def test_schemathesis_finds_nothing_through_the_front(fronted, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-5000:]
     assert "No issues found" in result.stdout
+
+
+def test_the_installed_package_holds_nginxs_configuration(tmp_path):
+    """MANIFEST.in puts nginx.conf into the wheel that `pip install .` (the serve image) installs."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", "src"):
+        copy = shutil.copytree if (PROJECT / name).is_dir() else shutil.copy
+        copy(PROJECT / name, source / name)
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+        ".",
+    ]
+    subprocess.run(build, cwd=source, check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("finsent-*.whl")
+    assert "finsent/inference/api/nginx.conf" in zipfile.ZipFile(wheel).namelist()

@@ -10,6 +10,7 @@ rest to the API on a Unix socket in a private folder. docs/serving.md compares i
 Granian.
 """
 
+import contextlib
 import grp
 import os
 import pwd
@@ -117,7 +118,14 @@ def nginx_front(settings: ServeSettings) -> Iterator[Path]:
         config, api_socket = folder / "nginx.conf", folder / "api.sock"
         config.write_text(nginx_config(settings, folder, api_socket), encoding="utf-8")
         command = [nginx, "-e", "stderr", "-p", str(folder), "-c", str(config), "-g", "daemon off;"]
-        process = subprocess.Popen([setpriv, "--pdeathsig", "TERM", "--", *command], start_new_session=True)
+        # nginx opens its access log by name, and /dev/stdout cannot be opened again by another user than
+        # its owner's (a container's stdout, as the image's user) nor at all when it is a socket (systemd):
+        # it gets a pipe of this process's own, which cat copies to this process's stdout.
+        relay = subprocess.Popen(["cat"], stdin=subprocess.PIPE, start_new_session=True)
+        with relay.stdin:
+            process = subprocess.Popen(
+                [setpriv, "--pdeathsig", "TERM", "--", *command], stdout=relay.stdin, start_new_session=True
+            )
         stopping = threading.Event()
         try:
             _wait_until_listening(process, folder / "nginx.pid")
@@ -130,6 +138,7 @@ def nginx_front(settings: ServeSettings) -> Iterator[Path]:
         finally:
             stopping.set()
             _stop(process)
+            relay.wait()
 
 
 def _wait_until_listening(process: subprocess.Popen, pid_file: Path) -> None:
@@ -159,7 +168,8 @@ def _stop_with(process: subprocess.Popen, stopping: threading.Event) -> None:
 
 def _stop(process: subprocess.Popen) -> None:
     """nginx's graceful stop (SIGQUIT: it sends the answers under way, then exits); a kill if it
-    takes longer than its workers' shutdown timeout."""
+    takes longer than its workers' shutdown timeout. Then any worker left by a master that was killed
+    (workers outlive it) is killed too: they are all in the master's process group."""
     if process.poll() is None:
         process.send_signal(signal.SIGQUIT)
     try:
@@ -167,3 +177,5 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    with contextlib.suppress(ProcessLookupError):  # no process left in the group
+        os.killpg(process.pid, signal.SIGKILL)
