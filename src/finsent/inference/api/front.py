@@ -2,8 +2,8 @@
 
 uvicorn has no deadline for a request's headers (encode/uvicorn#157: a client that sends a byte at a
 time holds a connection for ever), no bound on their size with its httptools parser, answers its own
-refusals in plain text and logs none of them, answers a request pipelined before unreadable bytes
-after closing the connection, and takes HTTP/1.1 without a Host. nginx has each as a documented
+refusals in plain text and logs none of them, runs requests pipelined before unreadable bytes but
+answers only its 400 (with a traceback), and takes HTTP/1.1 without a Host. nginx has each as a documented
 directive (nginx.conf beside this module): it listens on the settings' host and port, answers its
 refusals as the API answers its own (JSON, X-Request-ID, one access-log line each), and passes the
 rest to the API on a Unix socket in a private folder. docs/serving.md compares it with Hypercorn and
@@ -33,6 +33,7 @@ API_KEEP_ALIVE_S = 60
 """How long the API keeps an idle connection of nginx's open: above nginx's own idle time for them, so
 that nginx never sends a request on a connection the API is closing."""
 NGINX_IDLE_S = 30
+"""How long nginx keeps an idle connection to the API for the next request."""
 START_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 5
 """nginx's wait for its workers once the API has exited: their worker_shutdown_timeout, and margin."""
