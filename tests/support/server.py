@@ -16,7 +16,8 @@ from finsent.inference.api.front import nginx_executable
 
 from . import SOURCE_ENV, finsent_command
 
-READY_TIMEOUT_S = 120
+READY_TIMEOUT_S = 300
+"""Only against a server that hangs: a start on a 2-core machine busy with other work can take minutes."""
 
 
 def nginx_installed() -> bool:
