@@ -5,8 +5,8 @@ command is timed end to end as a user runs it (start-up, model loading, reading 
 one CSV file of the split's texts repeated to --texts.
 Prints a Markdown table: texts/s of each run, and its ratio to finsent-predict's.
 
-    PYTHONPATH=src python scripts/benchmark_bulk_scoring.py    # after `dvc repro export`
-    PYTHONPATH=src python scripts/benchmark_bulk_scoring.py --texts 6000 \\
+    PYTHONPATH=src:. python scripts/benchmark_bulk_scoring.py    # after `dvc repro export`
+    PYTHONPATH=src:. python scripts/benchmark_bulk_scoring.py --texts 6000 \\
         --pretrained sentence-transformers/all-MiniLM-L6-v2
 
 --pretrained times another model, untrained, as scripts/benchmark_inference.py does (speed does not

@@ -1,7 +1,8 @@
 """Inference speed of each backend on the same texts, in process and over HTTP, side by side.
 
 In process: throughput (texts/s) one text a call and 32 a batch, and the latency of single-text calls.
-Over HTTP: the real `finsent-serve` on a loopback port, single-text requests from each number of
+Over HTTP: the real `finsent-serve` on a loopback port (alone, or `--front nginx` as the serve image
+runs it; tests/support/server.py starts it), single-text requests from each number of
 concurrent clients in turn (asyncio + aiohttp in this process, on the same CPU as the server): latency
 p50/p99, throughput, errors (any answer but 200, or no answer). A column compares each
 throughput with the in-process batch 32 one. Prints a Markdown table.
@@ -11,9 +12,11 @@ request than the server itself, about seven times aiohttp's, and a load generato
 server's CPU measures itself. The client's CPU a request is reported too. aiohttp comes with DVC
 (through dvc-http), so the environment `make install` makes runs this script as it is.
 
-    PYTHONPATH=src python scripts/benchmark_inference.py    # from the project root, after `dvc repro export`
-    PYTHONPATH=src python scripts/benchmark_inference.py --pretrained sentence-transformers/all-mpnet-base-v2
-    PYTHONPATH=src python scripts/benchmark_inference.py --pretrained PATH_OR_NAME --layers 6
+From the project root, after `dvc repro export` (the project root on PYTHONPATH for tests/support):
+
+    PYTHONPATH=src:. python scripts/benchmark_inference.py
+    PYTHONPATH=src:. python scripts/benchmark_inference.py --front nginx --backends onnx_int8
+    PYTHONPATH=src:. python scripts/benchmark_inference.py --pretrained PATH_OR_NAME --layers 6
 
 --pretrained times another model without training it: the classifier the train stage would build from
 that checkpoint (a new head, LoRA as params.yaml's `lora` section says), saved as the train stage saves
@@ -25,11 +28,8 @@ layers, as `model.layers` does.
 
 import argparse
 import asyncio
-import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +46,7 @@ from finsent.inference.predictors import TorchPredictor, load_predictor
 from finsent.modeling import checkpoint_with_layers, load_base_model, save_classifier, with_lora
 from finsent.pretrained import resolve_pretrained
 from finsent.tokenization import load_fast_tokenizer, text_normalization
+from tests.support.server import running_server
 
 
 def in_process(
@@ -122,22 +123,6 @@ async def _clients(base_url: str, texts: list[str], clients: int) -> tuple[list[
         return latencies, errors, time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def wait_until_ready(server: subprocess.Popen, port: int, backend: str) -> None:
-    """Return once the server on loopback `port` answers /readyz with 200; stop if it exits first."""
-    while server.poll() is None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:  # not listening yet
-            pass
-        finally:
-            connection.close()
-        time.sleep(0.2)
-    raise SystemExit(f"finsent-serve --backend {backend} exited with status {server.returncode}")
-
-
 def over_http(
     backend: str,
     model_dir: Path,
@@ -145,32 +130,18 @@ def over_http(
     texts: list[str],
     client_counts: list[int],
     model_threads: int | None,
+    front: str,
 ) -> list[dict]:
-    """Single-text requests to one fresh `finsent-serve --backend <backend>`, from each number of
-    concurrent clients in turn. `model_threads` None leaves the server its own setting."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "finsent.inference.api.server",
-        "--backend",
-        backend,
-        "--port",
-        str(port),
-    ]
-    command += ["--model-dir", str(model_dir), "--exported-dir", str(exported_dir)]
+    """Single-text requests to one fresh `finsent-serve --backend <backend>` (with `front`), from each
+    number of concurrent clients in turn. `model_threads` None leaves the server its own setting."""
+    args = ["--backend", backend, "--model-dir", str(model_dir), "--exported-dir", str(exported_dir)]
     if model_threads is not None:
-        command += ["--model-threads", str(model_threads)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}"
+        args += ["--model-threads", str(model_threads)]
     results = []
-    try:
-        wait_until_ready(server, port, backend)
+    with running_server(front, args=args) as server:
         for clients in client_counts:
-            asyncio.run(_clients(base_url, texts[:64], clients))  # warm-up
-            latencies, errors, seconds, client_cpu = asyncio.run(_clients(base_url, texts, clients))
+            asyncio.run(_clients(server.url, texts[:64], clients))  # warm-up
+            latencies, errors, seconds, client_cpu = asyncio.run(_clients(server.url, texts, clients))
             results.append(
                 {
                     "run": f"HTTP, {clients} clients",
@@ -180,9 +151,6 @@ def over_http(
                     "client_cpu_ms": 1000 * client_cpu / len(texts),
                 }
             )
-    finally:
-        server.terminate()
-        server.wait()
     return results
 
 
@@ -200,6 +168,12 @@ def main() -> None:
         "--server-model-threads",
         type=int,
         help="the server's --model-threads (default: its own setting, serve.model_threads)",
+    )
+    parser.add_argument(
+        "--front",
+        choices=("none", "nginx"),
+        default="none",
+        help="the server's front (default: the API alone)",
     )
     parser.add_argument("--pretrained", metavar="CHECKPOINT", help="time this model, untrained (see above)")
     parser.add_argument("--layers", type=int, help="with --pretrained: N of its layers, as model.layers")
@@ -222,7 +196,13 @@ def main() -> None:
         device = "cuda" if args.gpu and backend == "pytorch" else "cpu"
         results[backend] = in_process(backend, args.model_dir, args.exported_dir, texts, args.single, device)
         results[backend] += over_http(
-            backend, args.model_dir, args.exported_dir, texts, args.clients, args.server_model_threads
+            backend,
+            args.model_dir,
+            args.exported_dir,
+            texts,
+            args.clients,
+            args.server_model_threads,
+            args.front,
         )
         print(backend, json.dumps(results[backend]), file=sys.stderr)
 
@@ -230,7 +210,10 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0))
     layers = f", {args.layers} layers" if args.layers else ""
     model = f"{args.pretrained}{layers} (untrained)" if args.pretrained else str(args.exported_dir)
-    print(f"{model}; {len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}\n")
+    print(
+        f"{model}; {len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}; "
+        f"front: {args.front}\n"
+    )
     print(
         "| backend | run | texts/s | p50 / p99 (ms) | errors | vs batch 32 | client CPU (ms a request) |\n"
         + "|---" * 7

@@ -1,8 +1,8 @@
 """The pipeline's wall time, stage by stage: `dvc repro --single-item STAGE` for each stage in order (the
 teacher's outputs come from git and it is skipped when up to date), as `make pipeline` runs them.
 
-    PYTHONPATH=src python scripts/benchmark_pipeline.py --output benchmarks/pipeline.json
-    PYTHONPATH=src python scripts/benchmark_pipeline.py --force train evaluate export   # rerun those
+    PYTHONPATH=src:. python scripts/benchmark_pipeline.py --output benchmarks/pipeline.json
+    PYTHONPATH=src:. python scripts/benchmark_pipeline.py --force train evaluate export   # rerun those
 
 Each stage's own lines go to stderr as it runs; a stage that is up to date takes DVC's check alone.
 """

@@ -8,8 +8,8 @@
    predictions are the reference), macro-F1; and texts/s as a share of the matching peak, with the
    operations a text (2 x the linear layers' weights x the mean tokens a text) the share assumes.
 
-    PYTHONPATH=src python scripts/benchmark_runtimes.py                      # after `dvc repro export`
-    PYTHONPATH=src python scripts/benchmark_runtimes.py --output benchmarks/runtimes.json
+    PYTHONPATH=src:. python scripts/benchmark_runtimes.py                      # after `dvc repro export`
+    PYTHONPATH=src:. python scripts/benchmark_runtimes.py --output benchmarks/runtimes.json
 
 Runtimes: ONNX Runtime's CPU provider, and OpenVINO where it is installed (`pip install openvino`), which
 reads the same ONNX files; on CPUs with AMX or AVX512-BF16 OpenVINO runs fp32 models in bf16 by

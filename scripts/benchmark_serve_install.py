@@ -3,8 +3,8 @@ package (`pip install '.[serve]'`, pinned), its size on disk, the start-up of `f
 200 on /readyz, `finsent-predict` on one text end to end, and its answers on a file of texts against
 this environment's (the full install's) `finsent-predict`, byte for byte.
 
-    PYTHONPATH=src python scripts/benchmark_serve_install.py            # after `dvc repro export`
-    PYTHONPATH=src python scripts/benchmark_serve_install.py --output benchmarks/serve_install.json
+    PYTHONPATH=src:. python scripts/benchmark_serve_install.py            # after `dvc repro export`
+    PYTHONPATH=src:. python scripts/benchmark_serve_install.py --output benchmarks/serve_install.json
 
 Needs pip to reach a package index (or its cache). The venv goes in a temporary folder unless --venv
 names one that exists already (then it is reused as it is).

@@ -1,7 +1,7 @@
 """How long the test suite takes: pytest as `make test-fast` runs it (without the tests marked slow) and
 as `make test` runs it (all of them), each timed end to end, with pytest's own summary line.
 
-    PYTHONPATH=src python scripts/benchmark_tests.py --output benchmarks/tests.json
+    PYTHONPATH=src:. python scripts/benchmark_tests.py --output benchmarks/tests.json
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Training throughput of the train stage's setup against a plain first attempt, side by side.
 
-    PYTHONPATH=src python scripts/benchmark_training.py [--steps 40] [--tokenized data/tokenized]
+    PYTHONPATH=src:. python scripts/benchmark_training.py [--steps 40] [--tokenized data/tokenized]
 
 Every variant runs the train stage's own Trainer arguments, model and LoRA (params.yaml) for the same
 number of steps on the same tokenized train split (the clock starts after a few warm-up steps), in a

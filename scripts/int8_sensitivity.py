@@ -2,8 +2,8 @@
 for each choice of layers left out of quantization (`export.keep_fp32`, regular expressions over the
 ONNX node names), all from one smoothed export of the trained model, calibrated as the export stage does.
 
-    PYTHONPATH=src python scripts/int8_sensitivity.py                           # after `dvc repro train`
-    PYTHONPATH=src python scripts/int8_sensitivity.py --choice ffn_out='/output/dense/' --output FILE
+    PYTHONPATH=src:. python scripts/int8_sensitivity.py                           # after `dvc repro train`
+    PYTHONPATH=src:. python scripts/int8_sensitivity.py --choice ffn_out='/output/dense/' --output FILE
 
 Dev only: the export params are tuned on dev, and validation is what the export stage reports.
 """

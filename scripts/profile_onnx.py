@@ -1,8 +1,8 @@
 """Where an exported model's time goes on ONNX Runtime: its profiler's trace of batches of texts (as the
 predictors batch them), summed by operator type, largest first.
 
-    PYTHONPATH=src python scripts/profile_onnx.py exported/model_int8.onnx
-    PYTHONPATH=src python scripts/profile_onnx.py exported/model_int8.onnx --output benchmarks/profile.json
+    PYTHONPATH=src:. python scripts/profile_onnx.py exported/model_int8.onnx
+    PYTHONPATH=src:. python scripts/profile_onnx.py exported/model_int8.onnx --output benchmarks/profile.json
 """
 
 import argparse

@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 from filelock import FileLock
 from ruamel.yaml import YAML
+from support import PROJECT, SOURCE_ENV
+from support import finsent_command as finsent_command  # the test files import it from here too
 
 from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, SOURCE_FILES, fingerprint, read_source_csv
 from finsent.pretrained import packaged_model
 
-PROJECT = Path(__file__).resolve().parents[1]
 MIRROR = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -336,15 +337,6 @@ def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
         model.eval(), tokenizer, TextNormalization(), TINY_TEMPERATURE, "tiny-bert", checkpoint, out_dir
     )
     return out_dir
-
-
-def finsent_command(module: str) -> list[str]:
-    """A command of the package (as its console script runs it), importing this checkout's source."""
-    return [sys.executable, "-m", f"finsent.{module}"]
-
-
-SOURCE_ENV = {"PYTHONPATH": str(PROJECT / "src")}
-"""Subprocesses import the package from this checkout, wherever it was installed from."""
 
 
 BEHAVIOUR_CASES = PROJECT / "data" / "behaviour.yaml"

@@ -12,8 +12,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 CODE = [*PROJECT.glob("src/finsent/**/*.py"), *PROJECT.glob("stages/*.py"), *PROJECT.glob("scripts/*.py")]
-# The project's own modules: the package, and the scripts, which import each other from scripts/.
-OWN_MODULES = {"finsent", *(path.stem for path in PROJECT.glob("scripts/*.py"))}
+# The project's own modules: the package; the scripts, which import each other from scripts/; the tests'
+# helpers (tests/support), with which the scripts start a server and count what it costs.
+OWN_MODULES = {"finsent", "tests", *(path.stem for path in PROJECT.glob("scripts/*.py"))}
 
 
 def installed_by(requirements: list[str]) -> set[str]:

@@ -1,3 +1,6 @@
+"""The API alone (`front: none`, as a local `finsent-serve` runs): what it answers and logs, batching,
+shutdown, the schema. With nginx in front: tests/test_front.py and tests/test_hostile_clients.py."""
+
 import json
 import os
 import re
@@ -10,12 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 from conftest import PROJECT, SOURCE_ENV, finsent_command, served_predictor
-from live_server import access_log, free_port, image_copy, metric, running_server, wait_for_waiting_texts
 from ruamel.yaml import YAML
+from support.api import access_log, image_copy, metric, served, wait_for_waiting_texts
+from support.server import free_port
 
+from finsent.inference.api.schemas import NOT_ONLY_WHITESPACE
 from finsent.inference.api.settings import ServeSettings
 from finsent.inference.model_version import model_version
 from finsent.inference.predictors import OnnxPredictor, onnx_file
@@ -32,15 +38,15 @@ def image_folder(exported_project, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(image_folder, tmp_path_factory):
+def alone(image_folder, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    with running_server(image_folder, log) as (client, _):
+    with served("none", image_folder, log) as (client, _):
         yield client, log
 
 
 @pytest.fixture(scope="module")
-def server(served) -> httpx.Client:
-    return served[0]
+def server(alone) -> httpx.Client:
+    return alone[0]
 
 
 def test_model_version_is_a_hash_of_the_files_read(exported_project, tmp_path):
@@ -150,6 +156,58 @@ def test_bad_input_is_a_short_422_and_the_server_keeps_serving(server, content, 
     assert server.post("/v1/predict", json={"texts": ["still up"]}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", None, "application/jsonx"]
+)
+def test_a_body_not_declared_json_is_a_415_that_says_so(server, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = server.post("/v1/predict", content=b'{"texts": ["ok"]}', headers=headers)
+    assert (response.status_code, response.json()) == (
+        415,
+        {"detail": "the body must be JSON, sent with Content-Type: application/json"},
+    )
+    assert len(response.headers["X-Request-ID"]) == 32
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/problem+json"])
+def test_json_media_types_are_read_as_json(server, content_type):
+    response = server.post(
+        "/v1/predict", content=b'{"texts": ["ok"]}', headers={"content-type": content_type}
+    )
+    assert response.status_code == 200
+
+
+def test_the_schemas_blank_rule_is_pythons_whitespace():
+    whitespace = {chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace()}
+    pattern = re.compile(NOT_ONLY_WHITESPACE)
+    assert {chr(code) for code in range(sys.maxunicode + 1) if not pattern.search(chr(code))} == whitespace
+
+
+BORDER_TEXTS = [
+    "",
+    " ",
+    "\t\r\n",
+    "\u2028",
+    "\x1c",
+    "\x85",
+    "\u3000 ",
+    "\ufeff",
+    "\u200b",
+    " a ",
+    "x" * 50,
+    "x" * 51,
+]
+
+
+def test_a_text_is_valid_by_the_schema_exactly_when_the_api_takes_it(server):
+    schema = server.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
+    validator = jsonschema.Draft202012Validator(schema)
+    for text in BORDER_TEXTS:
+        answer = server.post("/v1/predict", json={"texts": [text]})
+        assert answer.status_code in (200, 422)
+        assert validator.is_valid({"texts": [text]}) == (answer.status_code == 200), repr(text)
+
+
 def test_a_422_never_echoes_the_input(server):
     # Just under the body limit: FastAPI's own answer was larger than the body.
     body = json.dumps({"texts": "x" * (MAX_BODY_BYTES - 100)}).encode()
@@ -185,17 +243,23 @@ def test_openapi_schema_states_the_limits_and_the_error_answers(server):
     schema = server.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/healthz", "/readyz", "/v1/predict"}
     texts = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
-    assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 4, 50)
+    assert (texts["minItems"], texts["maxItems"]) == (1, 4)
+    assert texts["items"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 50,
+        "pattern": NOT_ONLY_WHITESPACE,
+    }
     responses = schema["paths"]["/v1/predict"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "413", "422", "500", "503"}
+    assert set(responses) == {"200", "400", "408", "413", "415", "422", "500", "503"}
     assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrors")
     assert set(schema["components"]["schemas"]["ErrorDetail"]["properties"]) == {"loc", "msg", "type"}
     assert all(set(responses[status]["content"]) == {"application/json"} for status in responses)
     assert "Retry-After" in responses["503"]["headers"]
 
 
-def test_request_id_is_the_clients_or_a_new_one_and_each_request_is_one_json_log_line(served):
-    server, log = served
+def test_request_id_is_the_clients_or_a_new_one_and_each_request_is_one_json_log_line(alone):
+    server, log = alone
     given = server.post("/v1/predict", json={"texts": ["logged"]}, headers={"X-Request-ID": "trace-42"})
     assert given.headers["X-Request-ID"] == "trace-42"
     made = server.get("/healthz").headers["X-Request-ID"]
@@ -230,7 +294,7 @@ def batching_served(image_folder, tmp_path_factory):
     behind a proxy on loopback."""
     log = tmp_path_factory.mktemp("logs") / "batching.log"
     settings = {"batch_window_ms": 2000, "max_queued_texts": 8, "forwarded_allow_ips": "127.0.0.1"}
-    with running_server(image_folder, log, backend="onnx_fp32", **settings) as (client, _):
+    with served("none", image_folder, log, ["--backend", "onnx_fp32"], **settings) as (client, _):
         yield client, log
 
 
@@ -276,7 +340,8 @@ def test_a_proxy_named_in_forwarded_allow_ips_gives_the_clients_address(batching
 
 
 def test_sigterm_answers_the_requests_in_flight_then_exits(image_folder, tmp_path):
-    with running_server(image_folder, tmp_path / "server.log", batch_window_ms=1000) as (client, process):
+    with served("none", image_folder, tmp_path / "server.log", batch_window_ms=1000) as (client, server):
+        process = server.process
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(client.post, "/v1/predict", json={"texts": TEXTS})
             wait_for_waiting_texts(client, 3)
@@ -289,7 +354,8 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(image_folder, tmp_pat
 
 def test_requests_still_waiting_when_the_shutdown_timeout_ends_get_a_503(image_folder, tmp_path):
     settings = {"batch_window_ms": 60_000, "shutdown_timeout_s": 1}  # the request waits past the timeout
-    with running_server(image_folder, tmp_path / "server.log", **settings) as (client, process):
+    with served("none", image_folder, tmp_path / "server.log", **settings) as (client, server):
+        process = server.process
         with ThreadPoolExecutor(1) as pool:
             headers = {"X-Request-ID": "cut-short"}
             in_flight = pool.submit(client.post, "/v1/predict", json={"texts": TEXTS}, headers=headers)
@@ -333,8 +399,8 @@ def test_settings_defaults_are_their_params_yaml_section(settings, tmp_path, mon
 
 
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(server, tmp_path):
-    """A bounded fuzz run for CI, with the checks of the project's schemathesis.toml (every check
-    but the acceptance of valid data, see there); docs/serving.md gives the long one."""
+    """A bounded fuzz run for CI with every check of Schemathesis on (schemathesis.toml);
+    docs/serving.md gives the long one."""
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "st"),
@@ -373,7 +439,7 @@ def test_negative_model_threads_stop_the_server_before_it_starts(exported_projec
     )
     assert result.returncode == 1
     assert result.stderr == (
-        "error: serve setting model_threads (flag, FINSENT_SERVE_MODEL_THREADS or params.yaml "
+        "error: setting model_threads (flag, FINSENT_SERVE_MODEL_THREADS or params.yaml "
         "serve.model_threads): Input should be greater than or equal to 0\n"
     )
     assert "Traceback" not in result.stderr

@@ -42,11 +42,6 @@ class Metrics:
         self.waiting_texts = Gauge(
             "finsent_waiting_texts", "Texts waiting for a model run", registry=self.registry
         )
-        self.received_bytes = Counter(
-            "finsent_http_received_bytes",
-            "Bytes read from clients' connections, headers and bodies, whether answered or not",
-            registry=self.registry,
-        )
         Info("finsent_model", "The model served", registry=self.registry).info(
             {"backend": backend, "version": version}
         )
@@ -122,3 +117,9 @@ def log_access_to_stdout() -> None:
     ACCESS_LOG.addHandler(handler)
     ACCESS_LOG.setLevel(logging.INFO)
     ACCESS_LOG.propagate = False
+
+
+def leave_access_log_to_front() -> None:
+    """No access-log lines of the API's own: nginx's log has one for every answer, its own refusals
+    among them, and the API's would be a second line for the others."""
+    ACCESS_LOG.disabled = True

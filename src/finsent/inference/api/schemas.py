@@ -10,6 +10,10 @@ from finsent.config import LABELS, Backend, Label
 from finsent.text import first_blank
 
 MODEL_VERSION = "the first 16 hex digits of a SHA-256 over the files of the folder that the backend reads"
+NOT_ONLY_WHITESPACE = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""A JSON Schema pattern (ECMA-262, which Python's re reads alike) that a text matches when it holds a
+character that is not whitespace as Python's `str.isspace` (and so `finsent.text.first_blank`) counts
+it; JSON Schema's own \\S counts otherwise (U+FEFF is whitespace to it, U+001C not)."""
 # A request has one field; a few more (a misnamed one) get an error each. Past this, one error for all:
 # each error costs validation time on the event loop, and a body within the size limit can hold tens
 # of thousands of fields.
@@ -79,7 +83,12 @@ def at_most_max_fields(cls, body: object) -> object:
 
 def predict_request(max_texts: int, max_text_chars: int) -> type[BaseModel]:
     """The body of POST /v1/predict, with the limits of the serve settings in its schema."""
-    text = Annotated[StrictStr, Field(max_length=max_text_chars), AfterValidator(not_blank)]
+    # The schema states the blank rule too, so that a text it calls valid is one the API takes; the
+    # check itself is not_blank's, whose message says what is wrong rather than quoting a pattern.
+    text_schema = {"minLength": 1, "pattern": NOT_ONLY_WHITESPACE}
+    text = Annotated[
+        StrictStr, Field(max_length=max_text_chars, json_schema_extra=text_schema), AfterValidator(not_blank)
+    ]
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),

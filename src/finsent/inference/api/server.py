@@ -1,20 +1,19 @@
 """The `finsent-serve` command: the classifier behind an HTTP API (FastAPI on uvicorn), loaded once.
 
-Concurrent requests share model runs (`finsent.inference.api.batching`); each request is logged as one JSON
-line on stdout; metrics at /metrics. Limits against hostile or broken clients: header and body size,
-time to send a request, open connections, texts waiting for the model. SIGTERM stops accepting
-connections, gives the requests in flight shutdown_timeout_s to be answered (a 503 for those left),
-then exits.
+Concurrent requests share model runs (`finsent.inference.api.batching`); each answer is logged as one
+JSON line on stdout; metrics at /metrics. Limits against hostile or broken clients: body size and
+time, texts waiting for the model; with front nginx (`finsent.inference.api.front`) also header size
+and time, requests in progress, idle connections. SIGTERM gives the requests in flight
+shutdown_timeout_s to be answered (a 503 for those left), then exits.
 """
 
 import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,14 +22,14 @@ from finsent import __version__
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, Backend
 from finsent.inference.api.batching import Batcher, Overloaded
-from finsent.inference.api.limits import (
-    RETRY_AFTER,
-    BodyLimit,
-    ConnectionLimit,
-    FailureAnswers,
-    LimitedHttpProtocol,
+from finsent.inference.api.front import API_KEEP_ALIVE_S, nginx_executable, nginx_front
+from finsent.inference.api.limits import RETRY_AFTER, BodyLimit, FailureAnswers
+from finsent.inference.api.observability import (
+    AccessLog,
+    Metrics,
+    leave_access_log_to_front,
+    log_access_to_stdout,
 )
-from finsent.inference.api.observability import AccessLog, Metrics, log_access_to_stdout
 from finsent.inference.api.schemas import (
     ErrorMessage,
     ModelStatus,
@@ -104,13 +103,19 @@ def create_app(
     @app.post(
         "/v1/predict",
         summary="Classify texts",
+        dependencies=[Depends(json_content_type)],
         responses={
             400: {"model": ErrorMessage, "description": "the body could not be read or parsed"},
+            408: {
+                "model": ErrorMessage,
+                "description": f"the body not whole within {settings.request_timeout_s:g} s of the headers",
+            },
             413: {
                 "model": ErrorMessage,
                 "description": f"body over {settings.max_body_bytes} bytes "
                 f"or {settings.max_body_values} JSON values",
             },
+            415: {"model": ErrorMessage, "description": "the Content-Type is not application/json"},
             422: {"model": ValidationErrors, "description": "the body is not a valid request"},
             500: {
                 "model": ErrorMessage,
@@ -118,8 +123,8 @@ def create_app(
             },
             503: {
                 "model": ErrorMessage,
-                "description": "overloaded (too many texts wait for the model, or too many open "
-                "connections) or shutting down; retry later",
+                "description": "overloaded (too many texts wait for the model, or too many requests in "
+                "progress) or shutting down; retry later",
                 "headers": retry_after,
             },
         },
@@ -136,11 +141,25 @@ def create_app(
         return PredictResponse(predictions=predictions, backend=backend, model_version=version)
 
     # Added innermost first: AccessLog sees (and gives an id to) every answer of the others.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_values=settings.max_body_values)
-    app.add_middleware(ConnectionLimit)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        max_values=settings.max_body_values,
+        timeout_s=settings.request_timeout_s,
+        close_early=settings.front == "none",
+    )
     app.add_middleware(FailureAnswers)
     app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(route.path for route in app.routes))
     return app
+
+
+def json_content_type(request: Request) -> None:
+    """A 415 for a body that is not declared JSON (FastAPI, as it should, does not parse it as JSON,
+    and the validation error would then say that the body is not an object)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    main_type, _, subtype = media_type.partition("/")
+    if main_type != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise HTTPException(415, "the body must be JSON, sent with Content-Type: application/json")
 
 
 async def validation_failed(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -172,6 +191,7 @@ def main() -> None:
     )
     parser.add_argument("-b", "--backend", choices=BACKENDS, help="runtime and model")
     parser.add_argument("--model-threads", type=int, help="cores one model run uses, 0 for all")
+    parser.add_argument("--front", choices=("none", "nginx"), help="nginx in front of the API, or none")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--model-dir", type=Path, help="train stage output")
@@ -180,7 +200,11 @@ def main() -> None:
     model = load_settings(
         PredictorSettings, backend=args.backend, model_dir=args.model_dir, exported_dir=args.exported_dir
     )
-    settings = load_settings(ServeSettings, model_threads=args.model_threads, host=args.host, port=args.port)
+    settings = load_settings(
+        ServeSettings, model_threads=args.model_threads, front=args.front, host=args.host, port=args.port
+    )
+    if settings.front == "nginx":
+        nginx_executable()  # a missing nginx stops here, before the model loads
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
     predictor = load_predictor(
         model.backend,
@@ -194,24 +218,32 @@ def main() -> None:
     version = predictor.version
     metrics = Metrics(model.backend, version)
     app = create_app(predictor, model.backend, version, settings, metrics)
-    log_access_to_stdout()
-    protocol = partial(
-        LimitedHttpProtocol,
-        request_timeout_s=settings.request_timeout_s,
-        max_header_bytes=settings.max_header_bytes,
-        max_connections=settings.max_connections,  # instead of uvicorn's limit_concurrency
-        on_received=metrics.received_bytes.inc,
-    )
+    if settings.front == "nginx":
+        leave_access_log_to_front()
+        with nginx_front(settings) as api_socket:
+            serve(
+                app, settings, uds=str(api_socket), proxy_headers=False, timeout_keep_alive=API_KEEP_ALIVE_S
+            )
+    else:
+        log_access_to_stdout()
+        serve(
+            app,
+            settings,
+            host=settings.host,
+            port=settings.port,
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+        )
+
+
+def serve(app: FastAPI, settings: ServeSettings, **where) -> None:
+    """uvicorn, with its documented settings only, on `where` (a host and port, or a Unix socket)."""
     uvicorn.run(
         app,
-        host=settings.host,
-        port=settings.port,
         log_level="info",
-        access_log=False,  # AccessLog writes one JSON line a request instead
-        http=protocol,
-        proxy_headers=bool(settings.forwarded_allow_ips),
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        access_log=False,  # AccessLog, or nginx, writes one JSON line an answer instead
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        **where,
     )
 
 

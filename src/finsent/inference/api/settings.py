@@ -1,7 +1,7 @@
 """The HTTP API's own settings (`finsent-serve`): env `FINSENT_SERVE_<NAME>`, section `serve` of
 params.yaml. Which model it serves is `finsent.inference.settings.PredictorSettings`."""
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -17,6 +17,11 @@ class ServeSettings(SectionSettings):
     # Cores one model run uses; 0: all of them. The server runs one model run at a time, and its event
     # loop needs little CPU (docs/speed.md).
     model_threads: int = Field(0, ge=0)
+    front: Literal["none", "nginx"] = Field(
+        "none",
+        description="nginx: nginx listens on host and port and passes requests to the API on a socket of "
+        "its own, enforcing the limits on headers, time and connections; none: the API alone",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
     max_texts: int = Field(64, gt=0, description="texts a request, at most")
@@ -28,13 +33,19 @@ class ServeSettings(SectionSettings):
         256, gt=0, description="texts waiting for the model, at most; a request beyond gets a 503"
     )
     max_connections: int = Field(
-        256, gt=0, description="open connections, at most; a request beyond gets a 503"
+        256, gt=0, description="requests in progress at once, at most; a request beyond gets a 503 (front)"
     )
     request_timeout_s: float = Field(
-        10.0, gt=0, description="time a client has to send a whole request, headers and body"
+        10.0,
+        gt=0,
+        description="time a client has to send a request's headers (front), then its body; an idle "
+        "connection is closed after it too (front)",
     )
     max_header_bytes: int = Field(
-        16384, gt=0, description="bytes of a request's line and headers, at most; beyond, a 431"
+        16384,
+        gt=0,
+        description="bytes of a request's line and headers past the first kilobyte, at most; beyond, a "
+        "431, or a 414 for the request line (front)",
     )
     forwarded_allow_ips: str = Field(
         "",
