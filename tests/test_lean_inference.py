@@ -9,7 +9,7 @@ import time
 
 import httpx
 from conftest import SOURCE_ENV, finsent_command
-from live_server import free_port
+from support.server import free_port
 
 TRAINING_STACK = {
     "torch",

@@ -18,10 +18,6 @@ exceptions it raises); the rest of the package is its internals."""
 ALLOWED = {
     ("src/finsent/inference/batch.py", "ray.data._internal.progress"),  # a logger named by Ray's module
     ("src/finsent/training.py", "torch.ops.mkldnn._is_mkldnn_bf16_supported"),
-    ("src/finsent/experiments/report.py", "dvc.repo.Repo"),
-    ("src/finsent/experiments/report.py", "dvc.scm.RevError"),
-    ("src/finsent/experiments/report.py", "dvc.scm.resolve_rev"),
-    ("src/finsent/experiments/compare.py", "dvc.scm.RevError"),
 }
 
 

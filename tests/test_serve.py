@@ -61,10 +61,11 @@ def test_model_version_is_a_hash_of_the_files_read(exported_project, tmp_path):
     (tmp_path / "copy" / "tokenizer.json").rename(tmp_path / "copy" / "renamed.json")
     assert model_version(tmp_path / "copy") not in {version, changed}
     # A predictor's version: its runtime and file, and the hash of the files it reads alone.
-    predictor = served_predictor(tmp_path / "copy", "onnx_int8", 32)
+    shutil.copytree(exported_project / "exported", tmp_path / "again")
+    predictor = served_predictor(tmp_path / "again", "onnx_int8", 32)
     assert predictor.version.startswith(f"{predictor.runtime}/model_int8-")
-    (tmp_path / "copy" / "model.onnx").unlink()  # the fp32 model: not read by the int8 predictor
-    assert served_predictor(tmp_path / "copy", "onnx_int8", 32).version == predictor.version
+    (tmp_path / "again" / "model.onnx").unlink()  # the fp32 model: not read by the int8 predictor
+    assert served_predictor(tmp_path / "again", "onnx_int8", 32).version == predictor.version
 
 
 def test_health_and_readiness_without_params_or_dvc_lock(server, image_folder):
