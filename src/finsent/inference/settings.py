@@ -8,7 +8,7 @@ three commands; each command's own knobs are its own (the server's: `finsent.inf
 """
 
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -47,7 +47,7 @@ class _ParamsSection(PydanticBaseSettingsSource):
 class SectionSettings(BaseSettings):
     """Settings read from flags, `env_prefix` variables and the `params_section` of params.yaml."""
 
-    params_section = ""
+    params_section: ClassVar[str] = ""
 
     @classmethod
     def settings_customise_sources(
