@@ -102,17 +102,25 @@ BAD_FILES = [  # (file name, content, the message after "error: "; one ending in
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "message"), BAD_FILES)
+BAD_URLS = [  # (URL, message): a protocol whose package is not installed (dropbox: dropboxdrivefs)
+    ("dropbox://folder/in.csv", "dropbox://folder/in.csv: DropboxFileSystem requires "),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"), [*BAD_FILES, *((url, None, m) for url, m in BAD_URLS)]
+)
 def test_a_bad_file_is_the_same_line_from_both_commands(tmp_path, name, content, message):
     if content is not None:
         (tmp_path / name).write_bytes(content)
-    path = str(tmp_path / name)
+    path = name if "://" in name else str(tmp_path / name)
     from_predict = run_here(predict.cli, ["finsent-predict", "-i", path], tmp_path)
     from_score = run_here(batch.cli, ["finsent-score", path, "-o", str(tmp_path / "out")], tmp_path)
     for result in (from_predict, from_score):
         assert (result.returncode, result.stdout) == (1, "")
         assert result.stderr.startswith(f"error: {message}")
-        assert result.stderr.endswith(")\n" if message.endswith("(") else f"error: {message}\n")
+        if not message.endswith(" "):  # else: the package's own words follow
+            assert result.stderr.endswith(")\n" if message.endswith("(") else f"error: {message}\n")
         assert result.stderr.count("\n") == 1
     assert from_predict.stderr == from_score.stderr
     assert not (tmp_path / "out").exists()

@@ -131,7 +131,10 @@ def hidden(relative_path: str) -> bool:
 
 def file_system(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec's file system and path for a path or URL; a local path absolute, without `..`."""
-    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as error:  # the protocol's package: s3fs, gcsfs...
+        raise FinsentError(f"{shown(url)}: {error}") from None
     return fs, os.path.abspath(path) if isinstance(fs, LocalFileSystem) else path
 
 

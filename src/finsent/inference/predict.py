@@ -142,7 +142,7 @@ def texts_to_classify(args: argparse.Namespace) -> list[str]:
     return stdin_texts()
 
 
-def class_probabilities_of(predictor: Predictor, texts: list[str], show_progress: bool) -> np.ndarray:
+def probabilities_in_chunks(predictor: Predictor, texts: list[str], show_progress: bool) -> np.ndarray:
     """Each text's class probabilities, CHUNK_TEXTS texts at a time, with a progress bar if asked."""
     with tqdm(total=len(texts), unit="text", disable=not show_progress, file=sys.stderr) as progress:
         chunks = []
@@ -184,7 +184,7 @@ def main() -> None:
         settings.backend, settings.model_dir, settings.exported_dir, settings.batch_size
     )
     show_progress = args.input_file is not None and len(texts) > PROGRESS_MIN_ROWS
-    probabilities = class_probabilities_of(predictor, texts, show_progress)
+    probabilities = probabilities_in_chunks(predictor, texts, show_progress)
     write_output(format_predictions(probabilities, output_format), args.output)
 
 

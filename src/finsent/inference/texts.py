@@ -9,7 +9,7 @@ refuse with the same line. The rules:
   byte that is not UTF-8 is named by its offset), their lines ended by \\n or \\r\\n.
 - CSV: the csv module, strictly (finsent.strict_csv): the first record is the header, each row has
   its number of fields, blank lines hold no row, every cell is text ("NA" and "" are texts, not
-  missing values).
+  missing values); a lone \\r ends a line too (old Mac files).
 - JSONL: one JSON object a line; blank lines hold no row; an object without a column asked for, and
   a column whose values are not all of one JSON type (or null), are errors.
 - Parquet: pyarrow, which reads only the row groups from the one holding the first row wanted.
@@ -40,8 +40,6 @@ from finsent.text import first_blank
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 """Input formats by file suffix."""
-
-FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV", "jsonl": "JSONL"}
 
 SCALE_EXTRA = "pip install 'finsent[scale]'"
 """What installs pyarrow and fsspec (with Ray) where the lean install lacks them."""
@@ -165,7 +163,11 @@ def opened(source: str) -> Iterator[BinaryIO]:
                 import fsspec
             except ImportError:
                 raise FinsentError(f"{name}: reading a URL needs fsspec: {SCALE_EXTRA}") from None
-            with fsspec.open(source, "rb") as file:
+            try:
+                remote = fsspec.open(source, "rb")
+            except ImportError as error:  # the protocol's package: s3fs, gcsfs...
+                raise FinsentError(f"{name}: {error}") from None
+            with remote as file:
                 yield file
         else:
             with open(source.removeprefix("file://"), "rb") as file:
