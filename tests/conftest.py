@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models built from configs, slices of the real data, a pipeline copy."""
 
 import contextlib
+import csv
 import io
 import os
 import re
@@ -25,11 +26,43 @@ from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, SOURCE_FILES, fingerprint, read_source_csv
 from finsent.pretrained import packaged_model
 
-MIRROR = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
+TEST_DATA = PROJECT / "tests" / "data" / "twitter-financial-news-sentiment"
+"""The first records of the data set's two files, committed (see its README): what the tests read."""
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def whole_data_set_folder() -> Path | None:
+    """The folder holding the whole data set's two files: the one FINSENT_DATA_MIRROR names where it is
+    set (set but empty: none, as for the download stage), else ../shared's copy beside the checkout."""
+    given = os.environ.get(MIRROR_ENV)
+    if given is None:
+        folder = PROJECT.parent / "shared" / "data" / "twitter-financial-news-sentiment"
+    else:
+        folder = Path(given) if given else None
+    holds_both = folder is not None and all((folder / name).is_file() for name in SOURCE_FILES.values())
+    return folder if holds_both else None
+
+
+WHOLE_DATA_SET = whole_data_set_folder()
+
+
+@pytest.fixture(scope="session")
+def whole_data_set() -> Path:
+    """The whole data set's folder, for the tests about the data set itself; they are skipped without it
+    (`make test` passes in a clone without one: the other tests read TEST_DATA)."""
+    if WHOLE_DATA_SET is None:
+        pytest.skip(f"needs the whole data set: set {MIRROR_ENV} to a folder holding its two CSV files")
+    return WHOLE_DATA_SET
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "whole_data_set: reads the whole data set (the `whole_data_set` fixture marks it; `-m` selects them)",
+    )
 
 
 def pytest_collection_modifyitems(items):
@@ -44,6 +77,9 @@ def pytest_collection_modifyitems(items):
         return item.get_closest_marker("slow") is None, fixture_order
 
     items.sort(key=order)
+    for item in items:
+        if "whole_data_set" in item.fixturenames:
+            item.add_marker("whole_data_set")
 
 
 @pytest.fixture(autouse=True)
@@ -105,12 +141,20 @@ def tiny_mpnet_dir(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny-mpnet"), "mpnet")
 
 
+def first_records(source: Path, rows: int) -> bytes:
+    """The bytes of a CSV file up to the end of its header and `rows` records (as TEST_DATA was made)."""
+    content = source.read_bytes().decode("utf-8")
+    reader = csv.reader(io.StringIO(content, newline=""))
+    for _ in range(1 + rows):
+        next(reader)  # StopIteration: the file has fewer rows
+    return "".join(io.StringIO(content, newline="").readlines()[: reader.line_num]).encode("utf-8")
+
+
 def slice_mirror(folder: Path, rows: dict[str, int]) -> Path:
-    """The first rows of each real CSV file, as a mirror folder of its own."""
+    """The first records of each of TEST_DATA's files, byte for byte, as a mirror folder of its own."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, name in SOURCE_FILES.items():
-        frame = pd.read_csv(MIRROR / name, dtype=str, keep_default_na=False)
-        frame.head(rows[split]).to_csv(folder / name, index=False)
+        (folder / name).write_bytes(first_records(TEST_DATA / name, rows[split]))
     return folder
 
 

@@ -19,12 +19,13 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import MIRROR, OFFLINE_ENV, SOURCE_ENV, finsent_command, served_predictor, tiny_trained_model
+from conftest import OFFLINE_ENV, SOURCE_ENV, TEST_DATA, finsent_command, served_predictor, tiny_trained_model
 
 from finsent.config import LABELS, PROBABILITY_COLUMNS, ExportParams
 from finsent.errors import FinsentError
 from finsent.inference.batch import MANIFEST, RAY_MISSING, SOURCE_COLUMNS, main
 from finsent.inference.predictors import TorchPredictor, onnx_file
+from finsent.inference.texts import FORMATS
 
 UNIT_ROWS = 250
 BIG_ROWS = 20_000
@@ -64,21 +65,25 @@ def cluster_address(ray_env) -> str:
         cluster.shutdown()
 
 
-def validation() -> pd.DataFrame:
-    frame = pd.read_csv(MIRROR / "sent_valid.csv", dtype={"text": str}, keep_default_na=False)
-    return pd.DataFrame({"id": [f"tweet-{i}" for i in range(len(frame))], "text": frame["text"]})
+def tweets() -> pd.DataFrame:
+    """The tests' slice of the data set, both files (1,400 tweets), each with an id."""
+    frame = pd.concat(
+        pd.read_csv(TEST_DATA / name, dtype={"text": str}, keep_default_na=False)
+        for name in ("sent_train.csv", "sent_valid.csv")
+    )
+    return pd.DataFrame({"id": [f"tweet-{i}" for i in range(len(frame))], "text": frame["text"].tolist()})
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_bert_dir) -> Path:
-    """A folder with a tiny model (models/, exported/) and the validation split cut into three files,
-    one of each format, one of them in a subfolder."""
+    """A folder with a tiny model (models/, exported/) and the tweets cut into three files, one of each
+    format, one of them in a subfolder."""
     from finsent.export import write_onnx_models
 
     project = tmp_path_factory.mktemp("bulk")
     tiny_trained_model(tiny_bert_dir, project / "models")
     (project / "exported").mkdir()
-    frame = validation()
+    frame = tweets()
     write_onnx_models(
         TorchPredictor.from_dir(project / "models", 32),
         project / "exported",
@@ -93,13 +98,13 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
         ),
     )
     (project / "in" / "more").mkdir(parents=True)
-    frame.iloc[:900].to_csv(project / "in" / "a.csv", index=False)
+    frame.iloc[:600].to_csv(project / "in" / "a.csv", index=False)
     pq.write_table(
-        pa.Table.from_pandas(frame.iloc[900:1600], preserve_index=False),
+        pa.Table.from_pandas(frame.iloc[600:1000], preserve_index=False),
         project / "in" / "b.parquet",
         row_group_size=200,
     )
-    frame.iloc[1600:].to_json(project / "in" / "more" / "c.jsonl", orient="records", lines=True)
+    frame.iloc[1000:].to_json(project / "in" / "more" / "c.jsonl", orient="records", lines=True)
     big = pd.concat([frame] * (BIG_ROWS // len(frame) + 1)).iloc[:BIG_ROWS]
     big["id"] = [f"big-{i}" for i in range(BIG_ROWS)]
     big.to_parquet(project / "big.parquet", row_group_size=1000)
@@ -206,7 +211,7 @@ def runs(project, ray_env, cluster_address) -> Runs:
     return Runs(args, interrupted_stderr, first.returncode, after_interruption, stdout, victim.pid)
 
 
-ALL_ROWS = 2_388 + BIG_ROWS
+ALL_ROWS = 1_400 + BIG_ROWS
 
 
 @pytest.mark.slow
@@ -246,15 +251,15 @@ def test_the_actor_killed_midway_was_replaced(runs):
 def test_every_row_once_with_the_int8_models_probabilities(project, runs):
     out = pd.read_parquet(project / "out")
     assert list(out.columns) == [*SOURCE_COLUMNS, "id", "label", *PROBABILITY_COLUMNS, "model_version"]
-    expected_ids = [*validation()["id"], *(f"big-{i}" for i in range(BIG_ROWS))]
+    expected_ids = [*tweets()["id"], *(f"big-{i}" for i in range(BIG_ROWS))]
     assert sorted(out["id"]) == sorted(expected_ids)  # each once
     assert set(out["model_version"]) == {served_predictor(project / "exported", "onnx_int8", 32).version}
     assert '"complete": true' in (project / "out" / MANIFEST).read_text()
     # Each file holds its unit's rows, scored exactly as the predictor scores those texts.
     predictor = served_predictor(project / "exported", "onnx_int8", 32)
-    texts = validation().set_index("id")["text"]
+    texts = tweets().set_index("id")["text"]
     small_units = sorted(path for path in (project / "out").glob("*.parquet") if "big" not in path.name)
-    assert len(small_units) == 4 + 3 + 4  # 900, 700 and 788 rows
+    assert len(small_units) == 3 + 2 + 2  # 600, 400 and 400 rows
     for path in small_units:
         unit = pd.read_parquet(path)
         start, stop = rows_in_name(path.name)
@@ -276,73 +281,130 @@ def test_rerun_of_a_finished_folder_scores_nothing_and_touches_nothing(
     assert unit_files(project / "out") == before
 
 
-BAD_INPUTS = [  # (file name, content, message): one ending in "(" is followed by pyarrow's reason
-    ("nowhere.csv", None, "{given}: no such file or folder"),
+LOCAL_RAY_END_S = 30
+"""A bound on how long a local Ray outlives the command killed outright: its agents, orphaned by a raylet
+killed with the command, wait a minute for the head they report to; Ray's own shutdown takes seconds."""
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `processes` that run (a zombie has ended: only its exit status waits to be read)."""
+    running = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def running_after(processes: list[psutil.Process], seconds: float) -> list[str]:
+    """The names of those of `processes` still running after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while still_running(processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [process.cmdline()[:1] for process in still_running(processes)]
+
+
+@pytest.mark.slow
+def test_a_local_ray_ends_with_the_command_even_killed_outright(project, tmp_path):
+    """The command on a Ray of its own (no --address), as a user runs it (no Ray settings), killed with
+    SIGKILL once it has written a unit: every process of that Ray ends soon after; the same command
+    again, on a new local Ray, scores the rest, and no process of it outlives it."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", **SOURCE_ENV, **OFFLINE_ENV)
+    args = ["in/a.csv", "-o", str(tmp_path / "out"), "--id-column", "id", "--unit-rows", "100"]
+    first = start_scoring(project, *args, "--batch-size", "1", "--workers", "1", env=env)
+    wait_for_a_new_unit(tmp_path / "out", first)
+    descendants = psutil.Process(first.pid).children(recursive=True)
+    assert any(process.name() == "raylet" for process in descendants)
+    first.kill()
+    first.communicate()
+    assert running_after(descendants, LOCAL_RAY_END_S) == []
+
+    second = start_scoring(project, *args, env=env)
+    descendants = []
+    while second.poll() is None:  # the processes it starts, as they come
+        try:
+            descendants += psutil.Process(second.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.5)
+    stdout, stderr = second.communicate()
+    assert second.returncode == 0, stderr
+    assert re.fullmatch(
+        r"[\d,]+ texts scored \([\d,]+ scored before\) in .*: .*out\n", stdout.splitlines()[-1] + "\n"
+    )
+    assert running_after(descendants, LOCAL_RAY_END_S) == []
+    scored = pd.read_parquet(tmp_path / "out")
+    assert sorted(scored["id"]) == sorted(tweets()["id"][:600])
+
+
+BAD_INPUTS = [  # (files: name and content, arguments, message); each bad file alone: tests/test_texts.py
     (
-        "notes.txt",
-        b"text\nhello\n",
-        "{path}: not a Parquet, CSV or JSONL file (suffixes: .parquet, .pq, .csv, .jsonl, .ndjson)",
+        {"ids.jsonl": b'{"id": 1, "text": "ok"}\n{"id": "b", "text": "ok"}\n'},
+        ["ids.jsonl", "--id-column", "id"],
+        "ids.jsonl: line 2, column 'id': a string, where line 1 has a number",
     ),
     (
-        "bad.parquet",
-        b"not parquet",
-        "{path}: not a readable Parquet file (",
-    ),
-    ("bad.csv", b"id,tweet\n1,hello\n", "{path}: missing column 'text' (columns: id, tweet)"),
-    (
-        "bad.csv",
-        b"id,text\n1,ok\n2,a,b\n",
-        "{path}: not a readable CSV file (",
+        {"ids.jsonl": b'{"id": 1, "text": "ok"}\n{"id": 99999999999999999999, "text": "ok"}\n'},
+        ["ids.jsonl", "--id-column", "id"],
+        "ids.jsonl: column 'id': cannot be written to Parquet (",
     ),
     (
-        "bad.csv",
-        b"id,text\n1,caf\xe9\n",
-        "{path}: not a readable CSV file (",
+        {"a.csv": b"text\n", "b.jsonl": b"\n"},
+        ["a.csv", "b.jsonl"],
+        "no rows to classify in any of the 2 input files",
     ),
-    ("bad.csv", b'id,text\n1,ok\n2,"  "\n', "{path}: row 2: empty or only whitespace"),
+    ({"empty/.keep": b""}, ["empty"], "empty: no Parquet, CSV or JSONL file here (suffixes: {suffixes})"),
     (
-        "bad.jsonl",
-        b'{"id": 1, "text": "ok"}\n{"id": 2, "text": 3}\n',
-        "{path}: not a readable JSONL file (",
+        {"in/a.csv": b"text\nok\n"},
+        ["in", "-o", "in"],
+        "in: is the output folder; the output cannot be the input",
     ),
-    ("bad.jsonl", b'{"id": 1, "text": 1}\n', "{path}: row 1: column 'text' is not a string"),
     (
-        "bad.jsonl",
-        b'{"id": 1, "text": "ok"}\n{"id": 2, "text": "ok"}\n{"id": 3, "text": "\\t"}\n',
-        "{path}: row 3: empty or only whitespace",
+        {"in/a.csv": b"text\nok\n"},
+        ["in/a.csv", "-o", "in"],
+        "in/a.csv: is in the output folder; the output cannot be the input",
     ),
-    ("bad.csv", b"id,text\n", "no rows to classify: every input file is empty"),
+    (
+        {"in/a.csv": b"text\nok\n"},
+        ["in", "-o", "in/a.csv"],
+        "in/a.csv: a file, not a folder; give a folder to write the results in",
+    ),
+    (
+        {"in/a.csv": b"text\nok\n"},
+        ["in", "-o", "in/a.csv/out"],
+        "in/a.csv/out: cannot write there (Not a directory)",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "message"), BAD_INPUTS)
+@pytest.mark.parametrize(("files", "arguments", "message"), BAD_INPUTS)
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(
-    project, ray_env, tmp_path, monkeypatch, name, content, message
+    project, tmp_path, monkeypatch, files, arguments, message
 ):
-    if content is not None:
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(content)
-    given = str(tmp_path / name) if content is not None else name
+    before = {path: path.read_bytes() if path.is_file() else None for path in tmp_path.rglob("*")}
+    if "-o" not in arguments:
+        arguments = [*arguments, "-o", "out"]
+    arguments += ["--model-dir", str(project / "models"), "--exported-dir", str(project / "exported")]
     with pytest.raises(FinsentError) as error:
-        score_in_process(project, monkeypatch, given, "-o", str(tmp_path / "out"))
-    expected = message.format(given=given, path=tmp_path / name)
+        score_in_process(tmp_path, monkeypatch, *arguments)
+    expected = message.format(suffixes=", ".join(FORMATS))
     if expected.endswith("("):
         assert str(error.value).startswith(expected) and str(error.value).endswith(")")
     else:
         assert str(error.value) == expected
     assert "\n" not in str(error.value)
-    assert not (tmp_path / "out").exists()
+    assert {path: path.read_bytes() if path.is_file() else None for path in tmp_path.rglob("*")} == before
 
 
-def test_a_null_text_in_parquet_and_a_missing_id_column_are_named(project, ray_env, tmp_path, monkeypatch):
-    pq.write_table(pa.table({"id": [1, 2], "text": ["ok", None]}), tmp_path / "nulls.parquet")
-    with pytest.raises(FinsentError, match=r"nulls\.parquet: row 2: column 'text' is not a string$"):
-        score_in_process(project, monkeypatch, str(tmp_path / "nulls.parquet"), "-o", str(tmp_path / "out"))
+def test_a_missing_id_column_is_named(project, tmp_path, monkeypatch):
     with pytest.raises(FinsentError, match=r"b\.parquet: missing column 'tweet_id' \(columns: id, text\)$"):
         score_in_process(project, monkeypatch, "in/b.parquet", "--id-column", "tweet_id", "-o", "unused")
-    with pytest.raises(FinsentError, match=r"empty: no Parquet, CSV or JSONL file here"):
-        (tmp_path / "empty").mkdir()
-        score_in_process(project, monkeypatch, str(tmp_path / "empty"), "-o", str(tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
     assert not (project / "unused").exists()
 
 

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MIRROR, PROJECT, edit_params, run, slice_mirror, stage_script
+from conftest import PROJECT, TEST_DATA, edit_params, run, slice_mirror, stage_script
 
 from finsent.config import LABELS, load_params
 from finsent.data import MIRROR_ENV, SOURCE_FILES, prepare_raw, read_jsonl, read_source_csv, to_jsonl
 
 
 @pytest.fixture(scope="module")
-def raw_dir(tmp_path_factory, monkeypatch_module) -> Path:
-    monkeypatch_module.setenv(MIRROR_ENV, str(MIRROR))
+def raw_dir(tmp_path_factory, monkeypatch_module, whole_data_set) -> Path:
+    monkeypatch_module.setenv(MIRROR_ENV, str(whole_data_set))
     out = tmp_path_factory.mktemp("raw")
     prepare_raw(load_params(PROJECT / "params.yaml").data, out)
     return out
@@ -35,8 +35,8 @@ def test_real_mirror_matches_the_pinned_fingerprint_and_splits(raw_dir):
         assert abs((dev["label"] == label_id).sum() - whole[label_id] * 955 / 9543) <= 1
 
 
-def test_split_is_reproducible(raw_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(MIRROR_ENV, str(MIRROR))
+def test_split_is_reproducible(raw_dir, tmp_path, monkeypatch, whole_data_set):
+    monkeypatch.setenv(MIRROR_ENV, str(whole_data_set))
     prepare_raw(load_params(PROJECT / "params.yaml").data, tmp_path)
     for split in ("train", "dev", "validation"):
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (raw_dir / f"{split}.jsonl").read_bytes()
@@ -44,7 +44,7 @@ def test_split_is_reproducible(raw_dir, tmp_path, monkeypatch):
 
 def test_canonical_bytes_do_not_depend_on_csv_formatting(tmp_path):
     # Quoting every cell and CRLF line ends are the same table, so the same canonical bytes.
-    source = MIRROR / SOURCE_FILES["validation"]
+    source = TEST_DATA / SOURCE_FILES["validation"]
     frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     reformatted = tmp_path / "reformatted.csv"
     frame.to_csv(reformatted, index=False, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
@@ -74,22 +74,28 @@ def damaged_mirror(folder: Path, damage: str) -> Path:
     ("damage", "message"),
     [
         ("missing column", "sent_train.csv: missing column 'label'"),
-        ("unknown label", "sent_train.csv: row 1: unknown label '7' (expected one of 0, 1, 2)"),
-        ("empty text", "sent_train.csv: row 1: empty text"),
+        (
+            "unknown label",
+            "sent_train.csv: line 2, column 'label': unknown label '7' (expected one of 0, 1, 2)",
+        ),
+        ("empty text", "sent_train.csv: line 2, column 'text': empty or only whitespace"),
         ("row ending in a comma", "sent_train.csv: line 2: field count 3, the header's 2"),
         ("short row", "sent_train.csv: line 2: field count 1, the header's 2"),
         ("not utf-8", "sent_train.csv: not UTF-8 (byte"),
         ("fingerprint", "train split does not match params data.fingerprint: rows 50 != pinned 9543;"),
         ("no mirror", f"{MIRROR_ENV}="),
         ("no file", "sent_valid.csv: file not found in the mirror folder"),
+        ("a folder", "sent_valid.csv: a folder, not a file, in the mirror folder"),
     ],
 )
 def test_bad_input_stops_the_stage_with_one_line(tmp_path, damage, message):
     mirror = damaged_mirror(tmp_path / "mirror", damage)
     if damage == "no mirror":
         shutil.rmtree(mirror)
-    if damage == "no file":
+    if damage in ("no file", "a folder"):
         (mirror / SOURCE_FILES["validation"]).unlink()
+    if damage == "a folder":
+        (mirror / SOURCE_FILES["validation"]).mkdir()
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(PROJECT / "params.yaml", work)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import MIRROR, PROJECT
+from conftest import PROJECT
 from datasets import Dataset
 
 from finsent.augmentation import (
@@ -111,12 +111,12 @@ def test_word_dropout_copies_hold_only_the_source_tweets_words():
     assert all(set(text.split()) <= words[i % 3] for i, text in enumerate(two["text"]))
 
 
-def test_the_committed_teachers_copies_are_what_params_yaml_makes_of_train():
+def test_the_committed_teachers_copies_are_what_params_yaml_makes_of_train(whole_data_set):
     """The teacher's augmented texts in git are those that augmentation.py and params.yaml's
     teacher.augment make of the data set's train split: editing either without `make teacher` fails."""
     params = load_params(PROJECT / "params.yaml")
     train, _ = split_dev(
-        read_source_csv(MIRROR / SOURCE_FILES["train"]), params.data.dev_size, params.data.seed
+        read_source_csv(whole_data_set / SOURCE_FILES["train"]), params.data.dev_size, params.data.seed
     )
     committed = pd.read_csv(
         PROJECT / "data/teacher" / AUGMENTED_FILE, dtype={"text": str}, keep_default_na=False

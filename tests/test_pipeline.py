@@ -1,7 +1,9 @@
 """The real `dvc repro` and `dvc exp run`, offline, on a slice of the real data with a tiny model."""
 
+import itertools
 import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,10 @@ import pytest
 from conftest import PROJECT, edit_params, repro, run
 from ruamel.yaml import YAML
 from scipy.special import softmax
+from sklearn.metrics import f1_score
 from transformers import AutoTokenizer
 
+from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, read_jsonl
 from finsent.distillation import CODE_KEY, LOGIT_COLUMNS, MASK, teacher_code_sha256
 from finsent.experiments.results import teacher_code_note
@@ -31,6 +35,19 @@ def metrics(repo) -> dict:
         "dev": json.loads((repo / "metrics/train/metrics.json").read_text())["dev"],
         "validation": json.loads((repo / "metrics/validation.json").read_text()),
     }
+
+
+def one_label_change(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The most that macro-F1 moves when one text's predicted class changes: the tolerance of a score
+    recomputed another way (a reloaded model, another batch size), where a CPU's rounding may tip one
+    near tie to the other class."""
+    base = f1_score(labels, predicted, labels=[0, 1, 2], average="macro")
+    moved = 0.0
+    for index, other in itertools.product(range(len(predicted)), range(3)):
+        changed = predicted.copy()
+        changed[index] = other
+        moved = max(moved, abs(f1_score(labels, changed, labels=[0, 1, 2], average="macro") - base))
+    return moved
 
 
 def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_run):
@@ -74,9 +91,9 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_ru
     probabilities = TorchPredictor.from_dir(repo / "models", batch_size=64).predict_proba(
         dev["text"].tolist()
     )
-    assert headline_metrics(dev["label"].to_numpy(), probabilities)["macro_f1"] == pytest.approx(
-        first["dev"]["macro_f1"], abs=1e-9
-    )
+    reloaded = headline_metrics(dev["label"].to_numpy(), probabilities)["macro_f1"]
+    tolerance = one_label_change(dev["label"].to_numpy(), probabilities.argmax(axis=1))
+    assert abs(reloaded - first["dev"]["macro_f1"]) <= tolerance + 1e-12
 
     assert repro(repo) == set()
     assert "up to date" in run(["dvc", "status"], cwd=repo).stdout
@@ -88,7 +105,11 @@ def test_pipeline_reproduces_and_reruns_only_what_changed(first_run, pipeline_ru
     # some CPUs another batch size rounds differently. Nothing upstream of evaluate reruns.
     moved = (repo / "plots/predictions.csv").read_bytes() != reference
     assert rerun == ({"evaluate", "export"} if moved else {"evaluate"})
-    np.testing.assert_allclose(metrics(repo)["validation"]["macro_f1"], first["validation"]["macro_f1"])
+    predicted = pd.read_csv(repo / "plots/predictions.csv")
+    tolerance = one_label_change(
+        *(predicted[column].map(LABELS.index).to_numpy() for column in ("actual", "predicted"))
+    )
+    assert abs(metrics(repo)["validation"]["macro_f1"] - first["validation"]["macro_f1"]) <= tolerance + 1e-12
 
     edit_params(repo, distill__alpha=0.8)
     assert repro(repo) == {"train", "evaluate", "export"}
@@ -238,23 +259,65 @@ def test_an_ensemble_teacher_writes_the_log_of_its_runs_mean_probabilities(pipel
     assert copies.map(lambda ids: mask_id in ids).mean() > 0.5
 
 
-def test_a_failed_stage_names_the_command_that_restores_its_outputs(pipeline_run, tmp_path):
-    before = {path.name: path.read_bytes() for path in (pipeline_run / "data/raw").iterdir()}
+def files_under(folder) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()
+    }
+
+
+def staging_left(repo) -> list[str]:
+    """What a stage writing data/raw or data/tokenized left beside them (finsent.atomic's staging names)."""
+    return [path.name for path in (repo / "data").iterdir() if path.name.startswith((".raw.", ".tokenized."))]
+
+
+def test_a_failed_download_or_tokenize_keeps_their_outputs_with_an_empty_cache(pipeline_run, tmp_path):
+    """The stages whose inputs users replace by hand (a mirror, a checkpoint) keep their outputs until the
+    new ones are whole (persist: true in dvc.yaml; the stage renames its staging folder into place):
+    a failed run leaves them byte for byte, though the DVC cache could not restore them."""
+    repo = pipeline_run
+    shutil.rmtree(repo / ".dvc" / "cache")
+    before = {folder: files_under(repo / folder) for folder in ("data/raw", "data/tokenized")}
     broken = tmp_path / "broken-mirror"
     broken.mkdir()
     result = run(
-        ["dvc", "repro", "--force", "download"],
-        cwd=pipeline_run,
-        env={MIRROR_ENV: str(broken)},
-        check=False,
+        ["dvc", "repro", "--force", "download"], cwd=repo, env={MIRROR_ENV: str(broken)}, check=False
     )
     assert result.returncode != 0
-    # DVC removed data/raw before the stage ran; the stage's one line says how to get it back.
-    assert not (pipeline_run / "data/raw").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {broken / 'sent_train.csv'}: file not found in the mirror folder"]
+    edit_params(repo, model__checkpoint="nobody/no-such-model")
+    result = run(["dvc", "repro", "tokenize"], cwd=repo, check=False)
+    assert result.returncode != 0
+    assert "error: model.checkpoint 'nobody/no-such-model': not a local folder" in result.stderr
+    assert {folder: files_under(repo / folder) for folder in before} == before
+    assert staging_left(repo) == []
+
+    # A param of a persisted stage still reruns it, and its new outputs replace the old ones whole.
+    run(["git", "checkout", "--", "params.yaml"], cwd=repo)
+    edit_params(repo, tokenize__max_length=64)
+    assert repro(repo, "tokenize") == {"tokenize"}
+    assert files_under(repo / "data/tokenized")["train.parquet"] != before["data/tokenized"]["train.parquet"]
+    edit_params(repo, data__seed=7)
+    assert "download:" in run(["dvc", "status", "download"], cwd=repo).stdout
+    assert repro(repo, "download") == {"download"}
+    assert files_under(repo / "data/raw")["dev.jsonl"] != before["data/raw"]["dev.jsonl"]
+    assert "up to date" in run(["dvc", "status", "download"], cwd=repo).stdout
+    assert staging_left(repo) == []
+
+
+def test_a_failed_stage_names_the_command_that_restores_its_outputs(pipeline_run):
+    """A stage without persist: DVC removes its outputs before running it; its one line says how to get
+    them back (the DVC cache for models/, git for metrics/train, kept there)."""
+    before = files_under(pipeline_run / "models")
+    edit_params(pipeline_run, train__batch_size=0)
+    result = run(["dvc", "repro", "train"], cwd=pipeline_run, check=False)
+    assert result.returncode != 0
+    assert not (pipeline_run / "models").exists()
     error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
     assert error.endswith(
-        "(DVC removed this stage's outputs before running it: "
-        "`dvc checkout download` restores the previous data/raw)"
+        "(DVC removed this stage's outputs before running it: `dvc checkout train` restores the previous "
+        "models; `git checkout -- metrics/train` restores the committed metrics/train)"
     )
-    run(["dvc", "checkout", "download"], cwd=pipeline_run)
-    assert {path.name: path.read_bytes() for path in (pipeline_run / "data/raw").iterdir()} == before
+    run(["git", "checkout", "--", "params.yaml"], cwd=pipeline_run)
+    run(["dvc", "checkout", "train"], cwd=pipeline_run)
+    assert files_under(pipeline_run / "models") == before

@@ -120,10 +120,15 @@ def test_csv_file_with_a_named_column_to_csv_output_with_pytorch(exported_projec
     assert out["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]
 
 
-def test_jsonl_file(exported_project, tmp_path):
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS))
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_jsonl_and_parquet_files(exported_project, tmp_path, suffix):
+    frame = pd.DataFrame({"text": TEXTS})
+    if suffix == ".jsonl":
+        frame.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    else:
+        frame.to_parquet(tmp_path / "in.parquet")
     _, stdout, _ = predict(
-        exported_project, "--input-file", str(tmp_path / "in.jsonl"), "--backend", "onnx_fp32"
+        exported_project, "--input-file", str(tmp_path / f"in{suffix}"), "--backend", "onnx_fp32"
     )
     expected = served_predictor(exported_project / "exported", "onnx_fp32", 32).predict_proba(TEXTS)
     np.testing.assert_allclose(probabilities_of(stdout), expected, atol=1e-6)
@@ -132,75 +137,15 @@ def test_jsonl_file(exported_project, tmp_path):
 @pytest.mark.parametrize(
     ("file_name", "content", "message"),
     [
-        (None, b"", "error: stdin: no texts to classify\n"),
-        (None, b"caf\xe9\n", "error: stdin: not UTF-8 (byte 3)\n"),
-        ("in.csv", b"id,tweet\n1,hello\n", "error: {path}: missing column 'text' (columns: id, tweet)\n"),
-        ("in.csv", b"text\ncaf\xe9\n", "error: {path}: not UTF-8 (byte 8)\n"),
-        ("in.csv", b"", "error: {path}: empty or only whitespace, nothing to classify\n"),
-        ("in.csv", b" \n\t\n\n", "error: {path}: empty or only whitespace, nothing to classify\n"),
-        ("in.jsonl", b"\n  \n", "error: {path}: empty or only whitespace, nothing to classify\n"),
-        (
-            "in.jsonl",
-            b'{"text": "ok"}\n{"text": 3}\n',
-            "error: {path}: line 2: column 'text' is not a string\n",
-        ),
-        # A row with a field more than the header: pandas took `text` as the index, and classified "1".
-        ("in.csv", b"text,id\n$AAPL soars,1,\n", "error: {path}: line 2: field count 3, the header's 2\n"),
-        ("in.csv", b"text,id\nok,1\n\nnot ok\n", "error: {path}: line 4: field count 1, the header's 2\n"),
-        ("in.csv", b"id,text,text\n1,a,b\n", "error: {path}: column 'text' appears 2 times in the header\n"),
-        (
-            "in.csv",
-            b'text\n"never closed\n',
-            "error: {path}: line 2: not a readable CSV file (unexpected end of data)\n",
-        ),
-        (
-            "in.jsonl",
-            b'{"text": "ok"}\n{"text": "ok\\ud800"}\n',
-            "error: {path}: line 2: a lone surrogate, not UTF-8 text\n",
-        ),
-        ("in.jsonl", b'{"text": "ok"}\n\n["ok"]\n', "error: {path}: line 3: not a JSON object\n"),
-        (
-            "in.jsonl",
-            b'{"text": "ok"}\n{"tweet": "ok"}\n',
-            "error: {path}: line 2: missing column 'text' (columns: tweet)\n",
-        ),
-        ("in.jsonl", b'{"text": "ok"} x\n', "error: {path}: line 1: not JSON (Extra data, column 16)\n"),
-        ("in.jsonl", b"[" * 100_000 + b"\n", "error: {path}: line 1: not JSON (nested too deeply)\n"),
-        # The pipeline's rule (finsent.text.first_blank): a text with nothing but whitespace is refused.
         (None, b"ok\n \t\nfine\n", "error: stdin: line 2: empty or only whitespace\n"),
-        (None, b"ok\n\nfine\n", "error: stdin: line 2: empty or only whitespace\n"),
-        (None, b" \n\t\n", "error: stdin: line 1: empty or only whitespace\n"),
-        ("in.csv", b'text\nok\n"  "\n', "error: {path}: line 3: empty or only whitespace\n"),
-        ("in.jsonl", b'{"text": "ok"}\n{"text": ""}\n', "error: {path}: line 2: empty or only whitespace\n"),
+        ("in.csv", b'text\nok\n"  "\n', "error: {path}: line 3, column 'text': empty or only whitespace\n"),
     ],
-    ids=[
-        "empty-stdin",
-        "stdin-not-utf8",
-        "missing-column",
-        "file-not-utf8",
-        "empty-file",
-        "csv-only-whitespace-lines",
-        "jsonl-only-whitespace-lines",
-        "not-a-string",
-        "csv-row-ending-in-a-comma",
-        "csv-short-row",
-        "csv-column-twice",
-        "csv-open-quote",
-        "jsonl-lone-surrogate",
-        "jsonl-not-an-object",
-        "jsonl-missing-column",
-        "jsonl-not-json",
-        "jsonl-nested-too-deeply",
-        "blank-stdin-line",
-        "empty-stdin-line",
-        "stdin-only-whitespace-lines",
-        "blank-csv-cell",
-        "empty-jsonl-text",
-    ],
+    ids=["stdin", "file"],
 )
 def test_bad_input_is_one_line_and_leaves_the_output_file_alone(
     exported_project, tmp_path, file_name, content, message
 ):
+    """Every bad input, once for both commands: tests/test_texts.py. Here: the output stays as it was."""
     (tmp_path / "out.jsonl").write_text("the previous results\n")
     args = ["-o", str(tmp_path / "out.jsonl")]
     if file_name:
@@ -267,10 +212,26 @@ def test_the_output_is_never_the_input_file(exported_project, tmp_path, link):
         (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
         (["--batch-size", "many"], "argument --batch-size: not a whole number: 'many'"),
         (["-o", "{folder}"], "argument -o/--output: {folder} is a folder; give a file to write"),
+        (
+            ["-o", "{folder}/in.csv/out.jsonl"],
+            "argument -o/--output: {folder}/in.csv is a file, not a folder to write out.jsonl in",
+        ),
+        (
+            ["-o", "{folder}/in.csv/more/out.jsonl"],
+            "argument -o/--output: {folder}/in.csv is a file, not a folder to write out.jsonl in",
+        ),
     ],
-    ids=["batch-size-negative", "batch-size-zero", "batch-size-not-a-number", "output-a-folder"],
+    ids=[
+        "batch-size-negative",
+        "batch-size-zero",
+        "batch-size-not-a-number",
+        "output-a-folder",
+        "output-in-a-file",
+        "output-below-a-file",
+    ],
 )
 def test_a_bad_flag_is_a_usage_error(exported_project, tmp_path, args, message):
+    (tmp_path / "in.csv").write_text("text\nok\n")
     args = [arg.format(folder=tmp_path) for arg in args]
     code, stdout, stderr = predict_here(exported_project, *args, "ok")
     assert (code, stdout) == (2, "")
@@ -279,8 +240,10 @@ def test_a_bad_flag_is_a_usage_error(exported_project, tmp_path, args, message):
 
 
 def test_an_input_file_that_is_a_folder_is_one_line(exported_project, tmp_path):
-    code, stdout, stderr = predict_here(exported_project, "-i", str(tmp_path))
-    assert (code, stdout, stderr) == (1, "", f"error: {tmp_path}: cannot read it (Is a directory)\n")
+    (tmp_path / "in.csv").mkdir()
+    code, stdout, stderr = predict_here(exported_project, "-i", str(tmp_path / "in.csv"))
+    assert (code, stdout, stderr) == (1, "", f"error: {tmp_path / 'in.csv'}: a folder, not a file\n")
+    assert (tmp_path / "in.csv").is_dir()
 
 
 def max_rss_kib(project, stdin_file) -> int:

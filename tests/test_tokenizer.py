@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BEHAVIOUR_CASES, MINILM, MIRROR
+from conftest import BEHAVIOUR_CASES, MINILM, TEST_DATA
 from transformers import AutoTokenizer
 
 from finsent.behaviour import load_cases
@@ -31,8 +31,9 @@ ODD_TEXTS = [
 ]
 
 
-def data_set_texts() -> list[str]:
-    texts = [text for name in SOURCE_FILES.values() for text in read_source_csv(MIRROR / name)["text"]]
+def data_set_texts(folder) -> list[str]:
+    """Every text of the data set's two files in `folder`, of the behavioural cases, and odd ones."""
+    texts = [text for name in SOURCE_FILES.values() for text in read_source_csv(folder / name)["text"]]
     texts += [text for case in load_cases(BEHAVIOUR_CASES) for text in case.texts]
     return texts + ODD_TEXTS
 
@@ -56,19 +57,32 @@ def checkpoints():
     )
 
 
-@pytest.mark.parametrize("checkpoint", checkpoints())
-def test_the_same_model_inputs_as_transformers_on_every_text(checkpoint, tmp_path):
-    reference = saved_tokenizer(packaged_model(checkpoint), tmp_path)
-    encode = TextEncoder(tmp_path)
-    normalize = text_normalization(load_params().tokenize)
-    texts = normalize(data_set_texts())
-    assert len(texts) > 11_000
+def assert_same_model_inputs(checkpoint: str, texts: list[str], folder) -> None:
+    reference = saved_tokenizer(packaged_model(checkpoint), folder)
+    encode = TextEncoder(folder)
+    texts = text_normalization(load_params().tokenize)(texts)
     for start in range(0, len(texts), 256):  # batches: padding to each batch's longest, as served
         batch = texts[start : start + 256]
         expected = reference(batch, truncation=True, padding=True, return_tensors="np")
         ours = encode(batch)
         for name in expected:
             np.testing.assert_array_equal(ours[name], expected[name], err_msg=f"{name}, batch at {start}")
+
+
+@pytest.mark.parametrize("checkpoint", checkpoints())
+def test_the_same_model_inputs_as_transformers_on_the_committed_texts(checkpoint, tmp_path):
+    texts = data_set_texts(TEST_DATA)
+    assert len(texts) > 1_400
+    assert_same_model_inputs(checkpoint, texts, tmp_path)
+
+
+@pytest.mark.parametrize("checkpoint", checkpoints())
+def test_the_same_model_inputs_as_transformers_on_every_text_of_the_data_set(
+    checkpoint, whole_data_set, tmp_path
+):
+    texts = data_set_texts(whole_data_set)
+    assert len(texts) > 11_900
+    assert_same_model_inputs(checkpoint, texts, tmp_path)
 
 
 def test_a_missing_or_broken_tokenizer_is_one_line(tmp_path):

@@ -10,8 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from finsent.config import LABELS, DataParams, SplitFingerprint
 from finsent.errors import FinsentError
-from finsent.strict_csv import read_csv_frame
-from finsent.text import first_blank
+from finsent.inference.texts import read_rows, shown
 
 MIRROR_ENV = "FINSENT_DATA_MIRROR"
 """Environment variable naming a folder that holds the data set's CSV files; then the hub is not used."""
@@ -29,7 +28,9 @@ def fetch_source_files(dataset: str, revision: str) -> dict[str, Path]:
             raise FinsentError(f"{MIRROR_ENV}={mirror}: no such folder")
         paths = {split: folder / name for split, name in SOURCE_FILES.items()}
         for path in paths.values():
-            if not path.is_file():
+            if path.is_dir():
+                raise FinsentError(f"{path}: a folder, not a file, in the mirror folder")
+            if not path.exists():
                 raise FinsentError(f"{path}: file not found in the mirror folder")
         return paths
 
@@ -50,29 +51,22 @@ def fetch_source_files(dataset: str, revision: str) -> dict[str, Path]:
 
 
 def read_source_csv(path: Path) -> pd.DataFrame:
-    """Read one source CSV into `id`, `text`, `label` columns, rejecting anything malformed."""
-    try:
-        content = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise FinsentError(f"{path}: not UTF-8 (byte {error.start})") from None
-    frame = read_csv_frame(path, content)
-    for column in ("text", "label"):
-        if column not in frame.columns:
-            raise FinsentError(f"{path}: missing column '{column}'")
-    if frame.empty:
-        raise FinsentError(f"{path}: no rows, only a header")
+    """Read one source CSV into `id`, `text`, `label` columns, rejecting anything malformed: by the rules
+    that the commands read texts by (finsent.inference.texts), and every label a class id."""
+    texts, labels = [], []
     known = {str(label_id) for label_id in range(len(LABELS))}
-    unknown = ~frame["label"].isin(known)
-    if unknown.any():
-        row = int(unknown.idxmax())
-        raise FinsentError(
-            f"{path}: row {row + 1}: unknown label {frame['label'][row]!r} "
-            f"(expected one of {', '.join(sorted(known))})"
-        )
-    blank = first_blank(frame["text"].tolist())
-    if blank is not None:
-        raise FinsentError(f"{path}: row {blank + 1}: empty text")
-    return pd.DataFrame({"id": range(len(frame)), "text": frame["text"], "label": frame["label"].astype(int)})
+    for rows in read_rows(str(path), "text", ["label"]):
+        unknown = next((i for i, label in enumerate(rows.others["label"]) if label not in known), None)
+        if unknown is not None:
+            raise FinsentError(
+                f"{shown(str(path))}: line {rows.positions[unknown]}, column 'label': unknown label "
+                f"{rows.others['label'][unknown]!r} (expected one of {', '.join(sorted(known))})"
+            )
+        texts += rows.texts
+        labels += rows.others["label"]
+    if not texts:
+        raise FinsentError(f"{shown(str(path))}: no rows")
+    return pd.DataFrame({"id": range(len(texts)), "text": texts, "label": [int(label) for label in labels]})
 
 
 def to_jsonl(frame: pd.DataFrame) -> bytes:

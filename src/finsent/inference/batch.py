@@ -12,13 +12,14 @@ to mix in other results.
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,8 +27,6 @@ from typing import BinaryIO
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv
-import pyarrow.json
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
@@ -36,15 +35,11 @@ from finsent.atomic import atomic_file
 from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
+from finsent.inference.local_ray import local_ray, share_authentication
 from finsent.inference.predict import positive_int
 from finsent.inference.predictors import load_predictor, onnx_providers
 from finsent.inference.settings import PredictorSettings, load_settings
-from finsent.text import first_blank
-
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-"""Input formats by file suffix."""
-
-FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV", "jsonl": "JSONL"}
+from finsent.inference.texts import FORMATS, input_format, nothing_to_classify, read_rows, shown
 
 MANIFEST = "_finsent_score.json"
 """In the output folder: the run whose results it holds. Parquet readers skip names starting with _."""
@@ -64,10 +59,11 @@ RAY_MISSING = (
 class InputFile:
     url: str
     """fsspec URL: file:///... for a local file."""
-    format: str
     rows: int
     fingerprint: str
     """fsspec's ukey of the file (size, modification time, ...): another value, another file."""
+    id_types: dict[str, pa.DataType]
+    """The Arrow type of each id column, the same in every unit of the file."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,6 @@ class Unit:
     """Rows [start, stop) of one input file: the work of one actor call and one output file."""
 
     url: str
-    format: str
     start: int
     stop: int
 
@@ -87,25 +82,20 @@ class Unit:
         return f"{self.url.rsplit('/', 1)[-1]}.{digest}.rows-{self.start:010d}-{self.stop:010d}.parquet"
 
 
-def shown(url: str) -> str:
-    """A URL as messages name it: a local file by its path, relative to the working folder if under it."""
-    if not url.startswith("file://"):
-        return url
-    path = url.removeprefix("file://")
-    relative = os.path.relpath(path)
-    return path if relative.startswith(os.pardir + os.sep) else relative
-
-
 # ---- Reading inputs ------------------------------------------------------------------------------
 
 
-def list_input_files(inputs: list[str], output_url: str) -> list[tuple[str, str]]:
-    """(URL, format) of every file that `inputs` (files, folders or globs; local paths or fsspec URLs)
-    name, in order, each once: a folder's or a glob's files of known suffix, not hidden, not in the
-    output folder."""
-    found: dict[str, str] = {}
+def list_input_files(inputs: list[str], output_url: str) -> list[str]:
+    """The URL of every file that `inputs` (files, folders or globs; local paths or fsspec URLs) name,
+    in order, each once: a folder's or a glob's files of known suffix, not hidden; none in the output
+    folder."""
+    found: dict[str, None] = {}
     for given in inputs:
         fs, path = file_system(given)
+        given_url = fs.unstrip_protocol(path.rstrip("/"))
+        if given_url == output_url or in_folder(given_url, output_url):
+            where = "is" if given_url == output_url else "is in"
+            raise FinsentError(f"{shown(given)}: {where} the output folder; the output cannot be the input")
         if any(magic in path for magic in "*?["):
             paths = [match for match in fs.glob(path) if fs.isfile(match)]
         elif fs.isdir(path):
@@ -113,19 +103,23 @@ def list_input_files(inputs: list[str], output_url: str) -> list[tuple[str, str]
         elif fs.isfile(path):
             if not input_format(path):
                 raise FinsentError(
-                    f"{given}: not a Parquet, CSV or JSONL file (suffixes: {', '.join(FORMATS)})"
+                    f"{shown(given)}: not a Parquet, CSV or JSONL file (suffixes: {', '.join(FORMATS)})"
                 )
             paths = [path]
         else:
-            raise FinsentError(f"{given}: no such file or folder")
+            raise FinsentError(f"{shown(given)}: not found")
         urls = [fs.unstrip_protocol(match) for match in sorted(paths) if input_format(match)]
-        urls = [url for url in urls if not url.startswith(f"{output_url}/")]
+        urls = [url for url in urls if not in_folder(url, output_url)]
         if not urls:
             raise FinsentError(
-                f"{given}: no Parquet, CSV or JSONL file here (suffixes: {', '.join(FORMATS)})"
+                f"{shown(given)}: no Parquet, CSV or JSONL file here (suffixes: {', '.join(FORMATS)})"
             )
-        found.update((url, input_format(url)) for url in urls)
-    return list(found.items())
+        found.update(dict.fromkeys(urls))
+    return list(found)
+
+
+def in_folder(url: str, folder_url: str) -> bool:
+    return url.startswith(f"{folder_url}/")
 
 
 def hidden(relative_path: str) -> bool:
@@ -136,119 +130,66 @@ def hidden(relative_path: str) -> bool:
 
 def file_system(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec's file system and path for a path or URL; a local path absolute, without `..`."""
-    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as error:  # the protocol's package: s3fs, gcsfs...
+        raise FinsentError(f"{shown(url)}: {error}") from None
     return fs, os.path.abspath(path) if isinstance(fs, LocalFileSystem) else path
 
 
-def input_format(url: str) -> str | None:
-    return FORMATS.get(os.path.splitext(url)[1].lower())
-
-
-@contextmanager
-def reading(url: str, file_format: str) -> Iterator[None]:
-    """Turn a failure to read `url` into one line naming it."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise FinsentError(f"{shown(url)}: file not found") from None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-        raise FinsentError(
-            f"{shown(url)}: not a readable {FORMAT_NAMES[file_format]} file ({reason})"
-        ) from None
-    except OSError as error:  # a folder, no permission, a remote store's refusal
-        raise FinsentError(f"{shown(url)}: cannot read it ({error.strerror or error})") from None
-
-
-def _open_stream(file: BinaryIO, file_format: str, columns: list[str] | None):
-    """A reader of record batches of a CSV or JSONL file: its `columns` (None: all of them)."""
-    if file_format == "csv":
-        # Every cell a string, as finsent-predict reads a CSV: "NA" or "" are texts, not missing values.
-        convert = pyarrow.csv.ConvertOptions(
-            include_columns=columns,
-            column_types=dict.fromkeys(columns or [], pa.string()),
-            strings_can_be_null=False,
-        )
-        return pyarrow.csv.open_csv(file, convert_options=convert)
-    return pyarrow.json.open_json(file)
-
-
-def column_names(url: str, file_format: str) -> list[str]:
-    with reading(url, file_format), fsspec.open(url, "rb") as file:
-        if file_format == "parquet":
-            return pq.ParquetFile(file).schema_arrow.names
-        return _open_stream(file, file_format, None).schema.names
-
-
-def record_batches(
-    url: str, file_format: str, columns: list[str], start: int = 0
-) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(index of its first row, batch) for the batches of `columns` of a file, from the one holding row
-    `start` on (a Parquet file is read from its row group; a CSV or JSONL one from its beginning)."""
-    with reading(url, file_format), fsspec.open(url, "rb") as file:
-        if file_format == "parquet":
-            parquet = pq.ParquetFile(file)
-            first_row, groups = 0, []
-            for index in range(parquet.num_row_groups):
-                group_rows = parquet.metadata.row_group(index).num_rows
-                if first_row + group_rows > start or groups:
-                    groups.append(index)
-                else:
-                    first_row += group_rows
-            batches = parquet.iter_batches(row_groups=groups, columns=columns) if groups else []
-        else:
-            first_row, stream = 0, _open_stream(file, file_format, columns)
-            batches = (batch.select(columns) for batch in stream)
-        for batch in batches:
-            yield first_row, batch
-            first_row += batch.num_rows
-
-
-def check_texts(url: str, column: str, first_row: int, texts: pa.Array) -> None:
-    """Raise FinsentError naming the file and row of the first text that is no string or is blank."""
-    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-        texts = pa.nulls(len(texts))  # numbers or nested values: not one of them is a text
-    if texts.null_count:
-        row = first_row + texts.is_null().to_numpy(zero_copy_only=False).argmax()
-        raise FinsentError(f"{shown(url)}: row {row + 1}: column '{column}' is not a string")
-    blank = first_blank(texts.to_pylist())
-    if blank is not None:  # the pipeline's rule: such a text is no tweet to classify
-        raise FinsentError(f"{shown(url)}: row {first_row + blank + 1}: empty or only whitespace")
-
-
-def scan_input(url: str, file_format: str, text_column: str, id_columns: list[str]) -> InputFile:
-    """The file's rows, after checking that it has the columns and a text on every row."""
-    names = column_names(url, file_format)
-    missing = [column for column in [text_column, *id_columns] if column not in names]
-    if missing:
-        raise FinsentError(f"{shown(url)}: missing column '{missing[0]}' (columns: {', '.join(names)})")
-    rows = 0
-    with reading(url, file_format):  # a Parquet string that is not UTF-8 fails once decoded
-        for first_row, batch in record_batches(url, file_format, [text_column]):
-            check_texts(url, text_column, first_row, batch.column(0))
-            rows = first_row + batch.num_rows
+def scan_input(url: str, text_column: str, id_columns: list[str]) -> InputFile:
+    """The file's rows, after checking every one (finsent.inference.texts), and the type of its ids."""
+    rows, types = 0, {name: [] for name in id_columns}
+    for batch in read_rows(url, text_column, id_columns):
+        for name, values in batch.others.items():
+            types[name].append(id_array(url, name, values).type)
+        rows = batch.first + len(batch)
     fs, path = fsspec.core.url_to_fs(url)
-    return InputFile(url, file_format, rows, fs.ukey(path))
+    return InputFile(url, rows, fs.ukey(path), {name: common_type(url, name, types[name]) for name in types})
 
 
-def read_rows(unit: Unit, columns: list[str]) -> pa.Table:
-    """Rows [unit.start, unit.stop) of `columns` of the unit's file."""
-    pieces = []
-    for first_row, batch in record_batches(unit.url, unit.format, columns, unit.start):
-        if first_row >= unit.stop:
+def id_array(url: str, column: str, values, id_type: pa.DataType | None = None) -> pa.Array:
+    """An id column's values (a list, or a Parquet file's array) as an Arrow array, of `id_type` if given."""
+    try:
+        if isinstance(values, pa.Array):
+            return values if id_type is None else values.cast(id_type)
+        return pa.array(values, type=id_type)
+    except (pa.ArrowException, OverflowError) as error:
+        raise FinsentError(
+            f"{shown(url)}: column '{column}': cannot be written to Parquet ({error})"
+        ) from None
+
+
+def common_type(url: str, column: str, types: list[pa.DataType]) -> pa.DataType:
+    """The type that holds the values of each batch of an id column (null and int64 give int64, int64
+    and double give double)."""
+    try:
+        schemas = [pa.schema([(column, found)]) for found in types]
+        return pa.unify_schemas(schemas, promote_options="permissive").field(column).type
+    except (pa.ArrowException, IndexError) as error:
+        raise FinsentError(
+            f"{shown(url)}: column '{column}': values of types that do not mix ({error})"
+        ) from None
+
+
+def read_unit(unit: Unit, text_column: str, id_types: dict[str, pa.DataType]) -> tuple[list[str], dict]:
+    """The texts and ids (Arrow arrays) of rows [unit.start, unit.stop) of the unit's file."""
+    texts, ids = [], {name: [] for name in id_types}
+    for batch in read_rows(unit.url, text_column, list(id_types), unit.start):
+        take = min(unit.stop - batch.first, len(batch))
+        texts += batch.texts[:take]
+        for name, id_type in id_types.items():
+            ids[name].append(id_array(unit.url, name, batch.others[name][:take], id_type))
+        if batch.first + take >= unit.stop:
             break
-        lo, hi = max(unit.start - first_row, 0), min(unit.stop - first_row, batch.num_rows)
-        if lo < hi:
-            pieces.append(batch.slice(lo, hi - lo))
-    table = pa.Table.from_batches(pieces) if pieces else None
-    if table is None or table.num_rows != unit.stop - unit.start:
+    if len(texts) != unit.stop - unit.start:
         raise FinsentError(f"{shown(unit.url)}: changed while being scored (rows {unit.start}-{unit.stop})")
-    return table
+    return texts, {name: pa.concat_arrays(arrays) for name, arrays in ids.items()}
 
 
 def plan_units(files: list[InputFile], unit_rows: int) -> list[Unit]:
     return [
-        Unit(file.url, file.format, start, min(start + unit_rows, file.rows))
+        Unit(file.url, start, min(start + unit_rows, file.rows))
         for file in files
         for start in range(0, file.rows, unit_rows)
     ]
@@ -271,16 +212,14 @@ def whole_file(url: str) -> Iterator[BinaryIO]:
             yield file
 
 
-def scored_table(
-    rows: pa.Table, unit: Unit, id_columns: list[str], probabilities: np.ndarray, version: str
-) -> pa.Table:
+def scored_table(unit: Unit, ids: dict[str, pa.Array], probabilities: np.ndarray, version: str) -> pa.Table:
     """The output of one unit: where each row came from, its ids, label, class probabilities, model."""
-    count = rows.num_rows
+    count = unit.stop - unit.start
     return pa.table(
         {
             "input_file": pa.array([unit.url] * count).dictionary_encode(),
             "input_row": pa.array(np.arange(unit.start, unit.stop)),
-            **{name: rows[name] for name in id_columns},
+            **ids,
             "label": pa.array(np.array(LABELS)[probabilities.argmax(axis=1)]),
             **dict(zip(PROBABILITY_COLUMNS, probabilities.T, strict=True)),
             "model_version": pa.array([version] * count).dictionary_encode(),
@@ -291,23 +230,24 @@ def scored_table(
 class UnitScorer:
     """A Ray actor: loads the model once, then reads, classifies and writes each unit it is handed."""
 
-    def __init__(self, model: dict, version: str, output_url: str, text_column: str, id_columns):
+    def __init__(self, model: dict, version: str, output_url: str, text_column: str, id_types: dict):
         self.predictor = load_predictor(**model)
         self.version, self.output_url = version, output_url
-        self.text_column, self.id_columns = text_column, list(id_columns)
+        self.text_column, self.id_types = text_column, id_types
+        """The Arrow type of each id column, by input file URL."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         import ray
 
         names, counts = [], []
-        for values in zip(*(batch[field] for field in ("url", "format", "start", "stop")), strict=True):
-            unit = Unit(str(values[0]), str(values[1]), int(values[2]), int(values[3]))
-            rows = read_rows(unit, [self.text_column, *self.id_columns])
-            probabilities = self.predictor.predict_proba(rows[self.text_column].to_pylist())
+        for url, start, stop in zip(batch["url"], batch["start"], batch["stop"], strict=True):
+            unit = Unit(str(url), int(start), int(stop))
+            texts, ids = read_unit(unit, self.text_column, self.id_types[unit.url])
+            probabilities = self.predictor.predict_proba(texts)
             with whole_file(f"{self.output_url}/{unit.name}") as file:
-                pq.write_table(scored_table(rows, unit, self.id_columns, probabilities, self.version), file)
+                pq.write_table(scored_table(unit, ids, probabilities, self.version), file)
             names.append(unit.name)
-            counts.append(rows.num_rows)
+            counts.append(len(texts))
         node = ray.get_runtime_context().get_node_id()
         return {"name": names, "rows": counts, "node": [node] * len(names)}
 
@@ -331,6 +271,10 @@ def prepare_output(output_url: str, job: dict) -> set[str]:
             )
         if not difference:
             return done
+    elif fs.isfile(path):
+        raise FinsentError(
+            f"{shown(output_url)}: a file, not a folder; give a folder to write the results in"
+        )
     elif fs.isdir(path) and fs.ls(path, detail=False):
         raise FinsentError(
             f"{shown(output_url)}: not empty, and no finsent-score output ({MANIFEST} is missing); "
@@ -354,33 +298,45 @@ def job_difference(recorded: dict, job: dict) -> str | None:
 
 
 def write_manifest(output_url: str, job: dict, complete: bool) -> None:
-    with whole_file(f"{output_url}/{MANIFEST}") as file:
-        file.write((json.dumps({"job": job, "complete": complete}, indent=1) + "\n").encode())
+    try:
+        with whole_file(f"{output_url}/{MANIFEST}") as file:
+            file.write((json.dumps({"job": job, "complete": complete}, indent=1) + "\n").encode())
+    except OSError as error:  # a parent that is a file, no permission
+        raise FinsentError(f"{shown(output_url)}: cannot write there ({error.strerror or error})") from None
 
 
 # ---- The run -------------------------------------------------------------------------------------
 
 
-def import_ray():
-    """Ray, an optional dependency: without it, one line says how to install it."""
+def check_ray_installed() -> None:
+    """Ray is an optional dependency: without it, one line says how to install it. Not imported here:
+    a local Ray's authentication is set before Ray is imported (`joined_ray`)."""
+    if importlib.util.find_spec("ray") is None:
+        raise FinsentError(RAY_MISSING)
+
+
+@contextmanager
+def joined_ray(address: str | None) -> Iterator:
+    """Ray, this process joined to the cluster at `address`, else to a Ray on this machine's cores that
+    ends with this run (finsent.inference.local_ray), until the block ends."""
+    if not address:
+        share_authentication()
     try:
         import ray
         import ray.data
     except ImportError:
         raise FinsentError(RAY_MISSING) from None
-    return ray
-
-
-def start_ray(ray, address: str | None) -> None:
-    """Join the Ray cluster at `address`, or start a local Ray on every core."""
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not each run's plan and log folder
-    # The driver's own bar counts texts; Ray Data's would count units, and warns when turned off.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    with nullcontext(address) if address else local_ray() as joined:
+        ray.init(address=joined, logging_level=logging.WARNING)
+        try:
+            # The driver's own bar counts texts; Ray Data's would count units. Ray Data's log lines
+            # are its plan, its log folder and that its bars are off; its failures reach the driver
+            # as exceptions.
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            yield ray
+        finally:
+            ray.shutdown()
 
 
 def pool_size(ray, workers: int | None, cpus: int, gpus: float) -> int:
@@ -446,19 +402,15 @@ def score_archive(
 ) -> Summary:
     """Score the rows of `inputs` not yet scored into the `output` folder; `model`: load_predictor's
     arguments."""
-    ray = import_ray()
+    check_ray_installed()
     fs, path = file_system(output)
     output_url = fs.unstrip_protocol(path.rstrip("/"))
-    files = [
-        scan_input(url, file_format, text_column, id_columns)
-        for url, file_format in list_input_files(inputs, output_url)
-    ]
+    urls = list_input_files(inputs, output_url)
+    files = [scan_input(url, text_column, id_columns) for url in urls]
     units = plan_units(files, unit_rows)
     if not units:
-        raise FinsentError("no rows to classify: every input file is empty")
-    # A missing or broken model stops here, in one line, before Ray starts; on the CPU: this machine
-    # may have no GPU where the actors' nodes have one. Its version names the model of the outputs.
-    version = load_predictor(**{**model, "device": "cpu"}).version
+        raise nothing_to_classify(urls)
+    version = check_model(model)
     job = {
         "model_version": version,
         "backend": model["backend"],
@@ -472,16 +424,15 @@ def score_archive(
     started = time.perf_counter()
     texts, workers_used, nodes = 0, 0, 0
     if pending:
-        if model["backend"] != "pytorch":  # the actors' onnxruntime is this one
-            onnx_providers(model["device"])
+        id_types = {file.url: file.id_types for file in files}
         scorer = {
             "model": model,
-            "version": job["model_version"],
+            "version": version,
             "output_url": output_url,
             "text_column": text_column,
-            "id_columns": id_columns,
+            "id_types": id_types,
         }
-        texts, workers_used, nodes = score_pending(ray, pending, scorer, address, workers, cpus, gpus)
+        texts, workers_used, nodes = score_pending(pending, scorer, address, workers, cpus, gpus)
     written = written_units(output_url)
     missing = [unit.name for unit in units if unit.name not in written]
     if missing:
@@ -491,12 +442,21 @@ def score_archive(
     return Summary(texts, texts_before, time.perf_counter() - started, workers_used, nodes)
 
 
+def check_model(model: dict) -> str:
+    """The model's version, which names the outputs; a missing or broken model stops here, in one line,
+    before anything is written or Ray starts. Loaded on the CPU: this machine may have no GPU where the
+    actors' nodes have one. Their ONNX Runtime is this one."""
+    version = load_predictor(**{**model, "device": "cpu"}).version
+    if model["backend"] != "pytorch":
+        onnx_providers(model["device"])
+    return version
+
+
 def score_pending(
-    ray, pending: list[Unit], scorer: dict, address: str | None, workers: int | None, cpus: int, gpus: float
+    pending: list[Unit], scorer: dict, address: str | None, workers: int | None, cpus: int, gpus: float
 ) -> tuple[int, int, int]:
     """Score `pending` on Ray, with a progress bar of texts; the texts scored, actors and nodes used."""
-    start_ray(ray, address)
-    try:
+    with joined_ray(address) as ray:
         pool = min(pool_size(ray, workers, cpus, gpus), len(pending))
         texts, nodes = 0, set()
         total = sum(unit.stop - unit.start for unit in pending)
@@ -506,12 +466,9 @@ def score_pending(
                 texts += result["rows"]
                 nodes.add(result["node"])
         return texts, pool, len(nodes)
-    finally:
-        ray.shutdown()
 
 
-def main() -> None:
-    settings = load_settings(PredictorSettings)
+def argument_parser(settings: PredictorSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finsent-score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -555,14 +512,19 @@ def main() -> None:
     parser.add_argument(
         "--gpus-per-worker", type=float, default=0, help="GPUs an actor: the model runs on CUDA"
     )
+    return parser
+
+
+def main() -> None:
+    settings = load_settings(PredictorSettings)
+    parser = argument_parser(settings)
     args = parser.parse_args()
-    backend = args.backend or ("pytorch" if args.gpus_per_worker else settings.backend)
     reserved = {*SOURCE_COLUMNS, "label", *PROBABILITY_COLUMNS, "model_version"}
     clash = next((name for name in args.id_column if name in reserved), None)
     if clash:
         parser.error(f"argument --id-column: the output has a column '{clash}' of its own")
     model = {
-        "backend": backend,
+        "backend": args.backend or ("pytorch" if args.gpus_per_worker else settings.backend),
         "model_dir": args.model_dir.resolve(),  # resolved here: actors may run in another folder
         "exported_dir": args.exported_dir.resolve(),
         "batch_size": args.batch_size,
