@@ -275,10 +275,6 @@ def train_classifier(
             callbacks=callbacks,
         )
         result = trainer.train()
-    history = trainer.state.log_history
-    best = next(
-        entry for entry in history if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
-    )
     # Speed goes to the log, not the summary: the summary is the run's metrics, which a rerun of the
     # same params must reproduce on any machine.
     if trainer.is_world_process_zero():
@@ -288,17 +284,26 @@ def train_classifier(
             file=sys.stderr,
             flush=True,
         )
-    summary = {
+    summary = training_summary(trainer)
+    if live is not None:
+        live.summary.update(summary)
+    return trainer, summary
+
+
+def training_summary(trainer: Trainer) -> dict:
+    """The chosen epoch's dev metrics, the epoch, the last train loss and the trainable parameters."""
+    history = trainer.state.log_history
+    best = next(
+        entry for entry in history if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
+    )
+    return {
         "dev": {name: best[f"eval_{name}"] for name in DEV_METRICS},
         "best_epoch": round(best["epoch"]),
         "train": {
             "loss": next(entry["loss"] for entry in reversed(history) if "loss" in entry),
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         },
     }
-    if live is not None:
-        live.summary.update(summary)
-    return trainer, summary
 
 
 def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.ndarray:
