@@ -24,6 +24,7 @@ from pathlib import Path
 
 from finsent.config import load_params
 from finsent.experiments.benchmark_record import write_record
+from finsent.inference.cpu import this_cpu
 
 VARIANTS = {
     "baseline (padded to max_length, random order, fp32)": {"padding": "max_length", "grouped": False},
@@ -103,10 +104,8 @@ def main() -> None:
     parser.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
     args = parser.parse_args()
-    from finsent.training import native_cpu_bf16
-
     # Native bf16 arithmetic (AVX-512 BF16 or AMX): elsewhere bf16 is emulated and slower than fp32.
-    native_bf16 = native_cpu_bf16()
+    native_bf16 = this_cpu().native_bf16
     spawn = multiprocessing.get_context("spawn")
     results = {}
     for name, variant in VARIANTS.items():

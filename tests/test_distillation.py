@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import PROJECT
-from datasets import Dataset
 
 from finsent.augmentation import (
     COMPANIES,
@@ -30,8 +29,8 @@ from finsent.distillation import (
     write_logits,
 )
 from finsent.errors import FinsentError
-from finsent.tokenization import NO_LABEL, TEACHER_LOGITS
-from finsent.training import DistillationCollator, classification_loss, distillation_loss, trainer_loss
+from finsent.tokenization import NO_LABEL
+from finsent.training import classification_loss, distillation_loss
 
 TRAIN = pd.DataFrame(
     {
@@ -214,32 +213,6 @@ def test_distillation_loss_is_hintons():
     zero = distillation_loss(hard, DISTILL.model_copy(update={"alpha": 0.0}))(teacher, labels, teacher)
     assert zero.item() == pytest.approx(0.0, abs=1e-6)
     assert not math.isnan(distillation_loss(hard, DISTILL)(student, torch.tensor([NO_LABEL] * 2), teacher))
-
-
-def test_collator_packs_teacher_logits_into_the_labels_and_the_loss_unpacks_them(tiny_bert_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    rows = Dataset.from_dict(
-        {
-            **tokenizer(["a b c", "d"]),
-            "label": [2, NO_LABEL],
-            TEACHER_LOGITS: [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]],
-        }
-    )
-    batch = DistillationCollator(tokenizer)([rows[0], rows[1]])
-    assert TEACHER_LOGITS not in batch
-    assert batch["labels"].tolist() == [[2.0, 0.0, 1.0, 2.0], [-100.0, 3.0, 4.0, 5.0]]
-    student = {"logits": torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])}
-    loss = trainer_loss(_train_params(), DISTILL, np.array([2, NO_LABEL]))
-    expected = distillation_loss(classification_loss(_train_params(), np.array([2])), DISTILL)(
-        student["logits"], torch.tensor([2, NO_LABEL]), batch["labels"][:, 1:]
-    )
-    assert loss(student, batch["labels"]).item() == pytest.approx(expected.item())
-    # Dev batches carry plain labels: the classification loss alone.
-    plain = trainer_loss(_train_params(), DISTILL, np.array([2]))(student, torch.tensor([2, 0]))
-    ce = torch.nn.functional.cross_entropy(student["logits"], torch.tensor([2, 0]))
-    assert plain.item() == pytest.approx(ce.item())
 
 
 def _train_params():

@@ -14,11 +14,6 @@ DOCUMENTED_ONLY = {"dvc": ("dvc.api", "dvc.exceptions")}
 """Dependencies whose documented Python interface is these modules alone (DVC: `dvc.api`, and the
 exceptions it raises); the rest of the package is its internals."""
 
-# Known leftovers in other areas, each being removed by its owner: the lead empties this at merge.
-ALLOWED = {
-    ("src/finsent/training.py", "torch.ops.mkldnn._is_mkldnn_bf16_supported"),
-}
-
 
 def private_doors(source: str) -> list[tuple[int, str]]:
     """(line, dotted name) of every private or implementation module or name of a dependency that
@@ -75,15 +70,12 @@ def _is_private(dotted: str) -> bool:
 
 
 def test_no_module_of_the_package_uses_a_private_door_of_a_dependency():
-    found = {
-        (str(path.relative_to(PROJECT)), line, name)
+    found = sorted(
+        f"{path.relative_to(PROJECT)}:{line}: {name}"
         for path in sorted((PROJECT / "src").rglob("*.py"))
         for line, name in private_doors(path.read_text(encoding="utf-8"))
-    }
-    unexpected = sorted(f"{path}:{line}: {name}" for path, line, name in found if (path, name) not in ALLOWED)
-    assert not unexpected, "private or implementation doors of dependencies:\n" + "\n".join(unexpected)
-    stale = ALLOWED - {(path, name) for path, _, name in found}
-    assert not stale, f"allowed but no longer used, remove from ALLOWED: {sorted(stale)}"
+    )
+    assert not found, "private or implementation doors of dependencies:\n" + "\n".join(found)
 
 
 def test_the_check_finds_each_kind_of_private_door():

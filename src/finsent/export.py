@@ -1,5 +1,6 @@
 """ONNX export: the LoRA adapter merged into the encoder, exported to ONNX, then quantized to int8."""
 
+import copy
 import sys
 import warnings
 from pathlib import Path
@@ -195,7 +196,7 @@ def write_onnx_models(
 
     The int8 model is quantized from a smoothed copy (unless `params.smoothing_alpha` is None); both the
     smoothing and the int8 activation ranges are calibrated on `params.calibration_texts` texts spread
-    evenly over `calibration_texts`. Smooths `reference`'s model in place (unless alpha is None).
+    evenly over `calibration_texts`. `reference` is left as it was: a copy of its model is smoothed.
     """
     save_text_processing(out_dir, reference.tokenizer, reference.normalize)
     save_temperature(out_dir, reference.temperature)
@@ -209,9 +210,12 @@ def write_onnx_models(
     if params.smoothing_alpha is None:
         quantize_int8(fp32_file, int8_file, reference.tokenizer, calibration, params.keep_fp32)
     else:
-        smooth_activations(model, reference.tokenizer, calibration, params.smoothing_alpha)
+        # Smoothing rescales the weights in place: on a copy, so that `reference` goes on predicting as
+        # the model that the ONNX models are compared with.
+        smoothed = copy.deepcopy(model)
+        smooth_activations(smoothed, reference.tokenizer, calibration, params.smoothing_alpha)
         smoothed_file = out_dir / "smoothed_fp32.onnx"  # quantizer input only, in atomic_dir's staging
-        export_onnx(model, reference.tokenizer, smoothed_file)
+        export_onnx(smoothed, reference.tokenizer, smoothed_file)
         quantize_int8(smoothed_file, int8_file, reference.tokenizer, calibration, params.keep_fp32)
         smoothed_file.unlink()
     progress(f"writing {INT8_FILES['unsigned']}")
@@ -275,7 +279,7 @@ def export_classifier(
     labels = validation["label"].to_numpy()
     reference = TorchPredictor.from_dir(model_dir, params.batch_size)
     progress(f"PyTorch on {len(dev_texts):,} dev texts")
-    expected_dev = reference.predict_proba(dev_texts)  # before smoothing, which rescales the model in place
+    expected_dev = reference.predict_proba(dev_texts)
     metrics = {"pytorch": headline_metrics(labels, expected)}
     write_onnx_models(reference, out_dir, calibration_texts, params)
     batch_sizes = {name: [params.batch_size] for name in COMPARED} | {

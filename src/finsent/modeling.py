@@ -191,14 +191,16 @@ def save_classifier(
         if (checkpoint_dir / name).is_file():
             shutil.copyfile(checkpoint_dir / name, base_dir / name)
     # peft writes the folder the base was loaded from (inside site-packages or a hub cache) into the
-    # adapter's config and model card: the checkpoint's name instead, so that the output's files, and
-    # its hash in dvc.lock, do not depend on where the project is checked out.
+    # adapter's config (the name it recorded when it wrapped the model) and into the model card (the base
+    # config's name, and the base model's own in a tag); its save_pretrained takes no name. The
+    # checkpoint's name in all three, so that the output's files, and its hash in dvc.lock, do not
+    # depend on where the project is checked out.
     base = model.get_base_model()
     base.config.name_or_path = base.name_or_path = checkpoint
     for adapter in model.peft_config.values():
         adapter.base_model_name_or_path = checkpoint
         # peft keeps these lists as sets, which it writes in an order that changes with each process's
-        # hash seed: sorted, the file is the same from run to run.
+        # hash seed, with no option to sort them: sorted here, the file is the same from run to run.
         for field in ("target_modules", "exclude_modules"):
             if isinstance(getattr(adapter, field), set):
                 setattr(adapter, field, sorted(getattr(adapter, field)))

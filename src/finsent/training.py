@@ -2,10 +2,10 @@
 
 The train stage (the model that is served) and the teacher stage (the model distilled into it) both
 train through `train_classifier`. With distillation, each training row carries the teacher's logits
-beside its label (`TEACHER_LOGITS`), and the loss is `distillation_loss`.
+(`TEACHER_LOGITS`), a model input of their own beside the label that `ClassifierTrainer.compute_loss`
+takes, and the loss is `distillation_loss`.
 """
 
-import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 from dvclive import Live
 from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader
 from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
@@ -28,6 +29,8 @@ from transformers import (
 from finsent.calibration import fit_temperature, scaled_log_loss
 from finsent.config import LABELS, DistillParams, LoraParams, TrainParams
 from finsent.distributed import shared_tempdir
+from finsent.errors import FinsentError
+from finsent.inference.cpu import this_cpu
 from finsent.metrics import DEV_METRICS, SELECTION_METRIC, headline_metrics
 from finsent.modeling import load_base_model, with_lora
 from finsent.tokenization import NO_LABEL, TEACHER_LOGITS
@@ -74,21 +77,6 @@ class ProgressLines(TrainerCallback):
                 file=sys.stderr,
                 flush=True,
             )
-
-
-class PredictionProgress(TrainerCallback):
-    """One line on stderr every so many batches of a prediction: labelling the teacher's tens of
-    thousands of texts runs for minutes on a CPU, and a log has no progress bar."""
-
-    def __init__(self) -> None:
-        self.batches_done = 0
-
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        self.batches_done += 1
-        batches = len(eval_dataloader)
-        due = _progress_due(self.batches_done, batches) or self.batches_done == batches
-        if state.is_world_process_zero and due:
-            print(f"predicted batch {self.batches_done}/{batches}", file=sys.stderr, flush=True)
 
 
 def _dev_metrics(prediction: EvalPrediction) -> dict[str, float]:
@@ -149,43 +137,53 @@ def distillation_loss(hard_loss: Callable, params: DistillParams) -> Callable:
     return loss
 
 
-class DistillationCollator(DataCollatorWithPadding):
-    """Pads a batch as DataCollatorWithPadding does and packs each row's teacher logits after its
-    label: `labels` of shape (batch, 1 + len(LABELS)). Trainer hands `labels` alone to the loss, and
-    passes every other key to the model; rows without teacher logits (dev) keep plain labels."""
+def batch_loss(train_params: TrainParams, distill: DistillParams | None, labels: np.ndarray) -> Callable:
+    """The loss of a batch, `loss(logits, labels, teacher_logits)`: distillation's where the batch
+    carries the teacher's logits (train, distilling), else the classification loss (dev, or no teacher).
 
-    def __call__(self, features: list[dict]) -> dict:
-        teacher = [feature.pop(TEACHER_LOGITS) for feature in features if TEACHER_LOGITS in feature]
-        batch = super().__call__(features)
-        if teacher:
-            batch["labels"] = torch.cat(
-                [batch["labels"][:, None].float(), torch.tensor(teacher, dtype=torch.float32)], dim=1
-            )
-        return batch
-
-
-def trainer_loss(train_params: TrainParams, distill: DistillParams | None, labels: np.ndarray) -> Callable:
-    """Trainer's compute_loss_func: the classification loss, or distillation where labels carry logits."""
+    `labels` are the training set's, for the balanced class weights.
+    """
     hard = classification_loss(train_params, labels)
     soft = distillation_loss(hard, distill) if distill is not None and distill.enabled else None
 
-    def loss(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"].float()
-        if labels.dim() == 2:  # packed by DistillationCollator
-            return soft(logits, labels[:, 0].long(), labels[:, 1:])
-        return hard(logits, labels)
+    def loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        if teacher_logits is None:
+            return hard(logits, labels)
+        return soft(logits, labels, teacher_logits)
 
     return loss
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (oneDNN's own check: AVX512-BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+class ClassifierTrainer(Trainer):
+    """Trainer with this project's loss (`batch_loss`), which takes the teacher's logits where a batch
+    carries them: the TEACHER_LOGITS input, taken out of the inputs before the model's forward.
+
+    DataCollatorWithPadding batches that column as a tensor of its own, (batch, len(LABELS)), as it
+    does every key beside the padded token ids; dev batches have none, and are scored on the labels.
+    """
+
+    # The loss is each batch's mean, not a sum over `num_items_in_batch`: Trainer divides it by the
+    # number of gradient accumulation steps, as the class docstring asks a subclass to say.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, loss: Callable, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_loss = loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        teacher_logits = inputs.pop(TEACHER_LOGITS, None)
+        outputs = model(**inputs)
+        loss = self.batch_loss(outputs["logits"].float(), labels, teacher_logits)
+        return (loss, outputs) if return_outputs else loss
 
 
 def training_arguments(train: TrainParams, output_dir: str) -> TrainingArguments:
     cuda = torch.cuda.is_available()
-    bf16 = (cuda and torch.cuda.is_bf16_supported()) or (not cuda and train.cpu_bf16 and native_cpu_bf16())
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) or (
+        not cuda and train.cpu_bf16 and this_cpu().native_bf16
+    )
     # train.batch_size is the global batch: each of the N processes takes its share of every step.
     per_device_batch_size = train.batch_size // train.num_processes
     return TrainingArguments(
@@ -209,8 +207,8 @@ def training_arguments(train: TrainParams, output_dir: str) -> TrainingArguments
         save_total_limit=1,
         save_only_model=True,
         label_names=["labels"],
-        # The datasets hold model inputs, the label and (distilling) the teacher's logits, which the
-        # collator packs into the labels: nothing for Trainer to drop by the model's signature.
+        # The datasets hold model inputs, the label and (distilling) the teacher's logits, which
+        # compute_loss takes: Trainer would drop these by the model's signature, which lacks them.
         remove_unused_columns=False,
         bf16=bf16,
         fp16=cuda and not bf16,
@@ -229,6 +227,16 @@ def training_arguments(train: TrainParams, output_dir: str) -> TrainingArguments
     )
 
 
+def check_distillation_input(train_set: Dataset, distill: DistillParams | None) -> None:
+    """Raise FinsentError unless `train_set` holds the teacher's logits exactly when distilling."""
+    distilling = distill is not None and distill.enabled
+    if distilling != (TEACHER_LOGITS in train_set.column_names):
+        raise FinsentError(
+            f"distill.enabled: {str(distilling).lower()}, but the training set "
+            f"{'lacks' if distilling else 'holds'} the teacher's logits (run `dvc repro tokenize`)"
+        )
+
+
 def train_classifier(
     checkpoint_dir: Path,
     lora: LoraParams,
@@ -245,31 +253,26 @@ def train_classifier(
     trainable parameters (also logged to `live`, if given). In a launch of several processes every one
     trains its share and gets the same model; rank 0 alone writes outputs.
     """
+    check_distillation_input(train_set, distill)
     set_seed(train.seed)  # before the head is initialised
     model = with_lora(load_base_model(checkpoint_dir), lora)
-    distilling = TEACHER_LOGITS in train_set.column_names
-    collator_class = DistillationCollator if distilling else DataCollatorWithPadding
     callbacks = [] if live is None else [EpochLogger(live)]
     if not sys.stderr.isatty():
         callbacks.append(ProgressLines())
     with shared_tempdir(prefix="finsent-checkpoints-") as folder:
-        trainer = Trainer(
+        trainer = ClassifierTrainer(
             model=model,
             args=training_arguments(train, folder),
             train_dataset=train_set,
             eval_dataset=dev_set,
-            data_collator=collator_class(
+            data_collator=DataCollatorWithPadding(
                 tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None
             ),
-            compute_loss_func=trainer_loss(train, distill, np.asarray(train_set["label"])),
+            loss=batch_loss(train, distill, np.asarray(train_set["label"])),
             compute_metrics=_dev_metrics,
             callbacks=callbacks,
         )
         result = trainer.train()
-    history = trainer.state.log_history
-    best = next(
-        entry for entry in history if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
-    )
     # Speed goes to the log, not the summary: the summary is the run's metrics, which a rerun of the
     # same params must reproduce on any machine.
     if trainer.is_world_process_zero():
@@ -279,50 +282,56 @@ def train_classifier(
             file=sys.stderr,
             flush=True,
         )
-    summary = {
-        "dev": {name: best[f"eval_{name}"] for name in DEV_METRICS},
-        "best_epoch": round(best["epoch"]),
-        "train": {
-            "loss": next(entry["loss"] for entry in reversed(history) if "loss" in entry),
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        },
-    }
+    summary = training_summary(trainer)
     if live is not None:
         live.summary.update(summary)
     return trainer, summary
 
 
-def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.ndarray:
-    """The logits of every row of `dataset`, shape (rows, len(LABELS)), in its order.
+def training_summary(trainer: Trainer) -> dict:
+    """The chosen epoch's dev metrics, the epoch, the last train loss and the trainable parameters."""
+    history = trainer.state.log_history
+    best = next(
+        entry for entry in history if entry.get(f"eval_{SELECTION_METRIC}") == trainer.state.best_metric
+    )
+    return {
+        "dev": {name: best[f"eval_{name}"] for name in DEV_METRICS},
+        "best_epoch": round(best["epoch"]),
+        "train": {
+            "loss": next(entry["loss"] for entry in reversed(history) if "loss" in entry),
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        },
+    }
 
-    Rows run in order of length, so that each batch pads little; the result is put back in order.
-    Not `trainer.predict` as it is: when training groups batches by length, transformers 5 makes the
-    evaluation sampler group them too, in a seeded shuffle, and predictions come back in that order.
-    A Trainer with the same model and arguments but sequential sampling reads the rows as given.
+
+def predict_logits(trainer: Trainer, dataset: Dataset, batch_size: int) -> np.ndarray:
+    """The logits of `trainer.model` for every row of `dataset`, shape (rows, len(LABELS)), in its order.
+
+    Rows run in order of length, so that each batch pads little, through a plain DataLoader; the result
+    is put back in order. Not `trainer.predict`: with train_sampling_strategy="group_by_length", Trainer
+    samples evaluation rows by length too (huggingface/transformers#33514), in a seeded shuffle, and its
+    predictions come back in that order. Every process of a launch predicts every row, with the model
+    as training left it (under autocast if training used it: accelerate wraps its forward).
     """
     order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
-    columns = [name for name in dataset.column_names if name != TEACHER_LOGITS]
-    # A Trainer makes its output folder (on rank 0) even to predict: one of its own, removed after,
-    # rather than the training run's again, which train_classifier has removed.
-    with shared_tempdir(prefix="finsent-predict-") as folder:
-        args = dataclasses.replace(
-            trainer.args,
-            output_dir=folder,
-            train_sampling_strategy="sequential",
-            per_device_eval_batch_size=batch_size,
-            eval_strategy="no",
-            save_strategy="no",
-            load_best_model_at_end=False,
-        )
-        predictor = Trainer(
-            model=trainer.model,
-            args=args,
-            data_collator=trainer.data_collator,
-            callbacks=[] if sys.stderr.isatty() else [PredictionProgress()],  # a terminal has tqdm's bar
-        )
-        logits = predictor.predict(dataset.select(order).select_columns(columns)).predictions
-    result = np.empty_like(logits)
-    result[order] = logits
+    collator = trainer.data_collator
+    inputs = [name for name in collator.tokenizer.model_input_names if name in dataset.column_names]
+    batches = DataLoader(
+        dataset.select(order).select_columns(inputs), batch_size=batch_size, collate_fn=collator
+    )
+    model = trainer.model.eval()
+    logits = []
+    with torch.inference_mode():
+        for done, batch in enumerate(batches, start=1):
+            logits.append(model(**batch.to(trainer.args.device)).logits.float().cpu().numpy())
+            # A line now and then: labelling the teacher's tens of thousands of texts runs for minutes
+            # on a CPU.
+            if trainer.is_world_process_zero() and (
+                _progress_due(done, len(batches)) or done == len(batches)
+            ):
+                print(f"predicted batch {done}/{len(batches)}", file=sys.stderr, flush=True)
+    result = np.empty((len(dataset), len(LABELS)), dtype=np.float32)
+    result[order] = np.concatenate(logits)
     return result
 
 

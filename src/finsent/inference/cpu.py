@@ -24,6 +24,9 @@ INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_
 FAST_SIGNED_INT8 = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 """Flags of an exact, fast u8 x s8 product instruction."""
 
+NATIVE_BF16 = frozenset({"avx512_bf16", "amx_bf16"})
+"""Flags of bf16 product instructions (without them, bf16 on a CPU is emulated and slower than fp32)."""
+
 
 @dataclass(frozen=True)
 class Cpu:
@@ -37,6 +40,11 @@ class Cpu:
     def signed_int8_weights(self) -> bool:
         """Whether int8 weights should be signed here: an x86 CPU with VNNI or AMX."""
         return bool(self.flags & FAST_SIGNED_INT8)
+
+    @property
+    def native_bf16(self) -> bool:
+        """Whether this CPU computes bf16 products natively (AVX512-BF16 or AMX)."""
+        return bool(self.flags & NATIVE_BF16)
 
     def describe(self) -> dict:
         """What a results file records of the machine."""
