@@ -40,7 +40,7 @@ from finsent.inference.api.schemas import (
     predict_request,
 )
 from finsent.inference.api.settings import ServeSettings
-from finsent.inference.predictors import Predictor, load_predictor
+from finsent.inference.predictors import Predictor
 from finsent.inference.settings import PredictorSettings, load_settings
 
 MAX_REPORTED_ERRORS = 10
@@ -206,15 +206,7 @@ def main() -> None:
     if settings.front == "nginx":
         nginx_executable()  # a missing nginx stops here, before the model loads
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
-    predictor = load_predictor(
-        model.backend,
-        model.model_dir,
-        model.exported_dir,
-        model.batch_size,
-        settings.model_threads,
-        int8_weights=model.int8_weights,
-        runtime=model.runtime,
-    )
+    predictor = model.load(settings.model_threads)
     version = predictor.version
     metrics = Metrics(model.backend, version)
     app = create_app(predictor, model.backend, version, settings, metrics)
