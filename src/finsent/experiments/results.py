@@ -152,7 +152,7 @@ def speed_doc(text: str, source: str, root: Path = Path()) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="update README.md's and docs/speed.md's tables")
     action.add_argument("--check", action="store_true", help="exit 1 if a table is stale")
