@@ -53,11 +53,31 @@ def gpu_backends() -> list[str]:
     return ["pytorch"] + ["onnx_fp32"] * ("CUDAExecutionProvider" in onnxruntime.get_available_providers())
 
 
+def commands_to_time(args: argparse.Namespace, input_file: Path, scratch: Path, cpus: int) -> dict[str, list]:
+    """Each command to time by its name: finsent-predict first (the baseline), then finsent-score on a
+    local Ray (units of a quarter of a core's share), on --address's cluster and on each GPU backend."""
+    model = ["--model-dir", str(args.model_dir), "--exported-dir", str(args.exported_dir)]
+    score = [sys.executable, "-m", "finsent.inference.batch", str(input_file), "--id-column", "id"]
+    score += ["--unit-rows", str(math.ceil(args.texts / (4 * cpus))), *model]
+    predict = [sys.executable, "-m", "finsent.inference.predict", "-i", str(input_file), *model]
+    commands = {
+        "finsent-predict, one process": [*predict, "-o", str(scratch / "predict.csv")],
+        f"finsent-score, local Ray ({cpus} CPUs)": [*score, "-o", str(scratch / "local")],
+    }
+    if args.address:
+        cluster = [*score, "-o", str(scratch / "cluster"), "--address", args.address]
+        commands[f"finsent-score, cluster {args.address}"] = cluster
+    for backend in gpu_backends():
+        gpu_run = [*score, "-o", str(scratch / f"gpu-{backend}"), "--gpus-per-worker", "1", "-b", backend]
+        commands[f"finsent-score, 1 GPU ({backend})"] = gpu_run
+    return commands
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--texts", type=int, default=100_000, help="texts scored by each command")
+    parser.add_argument("--texts", type=int, default=20_000, help="texts scored by each command")
     parser.add_argument("--split", type=Path, default=Path("data/raw/validation.jsonl"), help="JSONL split")
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     parser.add_argument("--exported-dir", type=Path, default=Path("exported"))
@@ -77,24 +97,11 @@ def main() -> None:
             args.model_dir, args.exported_dir = untrained_export(
                 args.pretrained, Path("data/raw/train.jsonl"), scratch
             )
-        model = ["--model-dir", str(args.model_dir), "--exported-dir", str(args.exported_dir)]
         input_file = scratch / "texts.csv"
         pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(input_file, index=False)
 
         cpus = len(os.sched_getaffinity(0))
-        score = [sys.executable, "-m", "finsent.inference.batch", str(input_file), "--id-column", "id"]
-        score += ["--unit-rows", str(math.ceil(len(texts) / (4 * cpus))), *model]
-        predict = [sys.executable, "-m", "finsent.inference.predict", "-i", str(input_file), *model]
-        commands = {
-            "finsent-predict, one process": [*predict, "-o", str(scratch / "predict.csv")],
-            f"finsent-score, local Ray ({cpus} CPUs)": [*score, "-o", str(scratch / "local")],
-        }
-        if args.address:
-            cluster = [*score, "-o", str(scratch / "cluster"), "--address", args.address]
-            commands[f"finsent-score, cluster {args.address}"] = cluster
-        for backend in gpu_backends():
-            gpu_run = [*score, "-o", str(scratch / f"gpu-{backend}"), "--gpus-per-worker", "1", "-b", backend]
-            commands[f"finsent-score, 1 GPU ({backend})"] = gpu_run
+        commands = commands_to_time(args, input_file, scratch, cpus)
         results = {}
         for name, command in commands.items():
             seconds, stdout = timed(command)

@@ -154,7 +154,26 @@ def over_http(
     return results
 
 
-def main() -> None:
+def print_table(results: dict) -> None:
+    """The runs as a Markdown table, each against its backend's in-process batch-32 throughput."""
+    print(
+        "| backend | run | texts/s | p50 / p99 (ms) | errors | vs batch 32 | client CPU (ms a request) |\n"
+        + "|---" * 7
+        + "|"
+    )
+    for backend, runs in results.items():
+        batch32 = next(run["texts_per_s"] for run in runs if run["run"] == "in process, batch 32")
+        for run in runs:
+            latency = f"{run['p50_ms']:.1f} / {run['p99_ms']:.1f}" if "p50_ms" in run else ""
+            errors = run.get("errors", "")
+            client_cpu = f"{run['client_cpu_ms']:.2f}" if "client_cpu_ms" in run else ""
+            print(
+                f"| {backend} | {run['run']} | {run['texts_per_s']:.0f} | {latency} | {errors} "
+                f"| {run['texts_per_s'] / batch32:.0%} | {client_cpu} |"
+            )
+
+
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -181,6 +200,11 @@ def main() -> None:
         "--gpu", action="store_true", help="the pytorch backend in process on the CUDA GPU (the server: CPU)"
     )
     parser.add_argument("--output", type=Path, help="also write the results here, as JSON")
+    return parser
+
+
+def main() -> None:
+    parser = argument_parser()
     args = parser.parse_args()
     if args.layers is not None and (args.pretrained is None or args.layers < 1):
         parser.error("--layers: a number of layers above 0, with --pretrained")
@@ -214,21 +238,7 @@ def main() -> None:
         f"{model}; {len(texts)} texts of {args.texts}; {cpus} CPUs; server model threads: {threads}; "
         f"front: {args.front}\n"
     )
-    print(
-        "| backend | run | texts/s | p50 / p99 (ms) | errors | vs batch 32 | client CPU (ms a request) |\n"
-        + "|---" * 7
-        + "|"
-    )
-    for backend, runs in results.items():
-        batch32 = next(run["texts_per_s"] for run in runs if run["run"] == "in process, batch 32")
-        for run in runs:
-            latency = f"{run['p50_ms']:.1f} / {run['p99_ms']:.1f}" if "p50_ms" in run else ""
-            errors = run.get("errors", "")
-            client_cpu = f"{run['client_cpu_ms']:.2f}" if "client_cpu_ms" in run else ""
-            print(
-                f"| {backend} | {run['run']} | {run['texts_per_s']:.0f} | {latency} | {errors} "
-                f"| {run['texts_per_s'] / batch32:.0%} | {client_cpu} |"
-            )
+    print_table(results)
     if args.output:
         write_record(args.output, {"model": model, "texts": len(texts), "cpus": cpus, "backends": results})
     if args.pretrained:

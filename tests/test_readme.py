@@ -10,6 +10,7 @@ from conftest import PROJECT, run
 from finsent.distillation import CODE_KEY, TEACHER_SCRIPT, teacher_code_sha256
 from finsent.errors import FinsentError
 from finsent.experiments.results import BEGIN, END, replace_block, results_markdown
+from finsent.experiments.speed_tables import speed_table
 
 
 def test_readme_results_match_the_committed_metrics():
@@ -27,8 +28,8 @@ def test_a_stale_readme_is_caught(tmp_path):
     )
     assert result.returncode == 1
     assert (
-        result.stderr
-        == f"error: {tmp_path / 'README.md'}: results differ from metrics/ (run `finsent-results --write`)\n"
+        result.stderr == f"error: {tmp_path / 'README.md'}: tables differ from metrics/ and benchmarks/ "
+        "(run `finsent-results --write`)\n"
     )
     run(["finsent-results", "--write", "--readme", str(tmp_path / "README.md")], cwd=PROJECT)
     assert (tmp_path / "README.md").read_text() == f"intro\n\n{block}\n\nrest\n"
@@ -103,3 +104,20 @@ def test_the_teacher_row_says_when_the_code_it_ran_has_changed(tmp_path):
     assert "changed since" not in teacher_row(root)
     # The same code in another folder: the same hash.
     assert teacher_code_sha256(shutil.copytree(root, tmp_path / "moved")) == teacher_code_sha256(root)
+
+
+def test_records_not_written_yet_are_said_and_written_ones_are_used(tmp_path):
+    root = results_tree(tmp_path)  # no benchmarks/: the README names no machine, speed.md no figure
+    assert "The committed run" not in results_markdown(root)
+    assert speed_table("tests", root) == "No record yet: the command above writes benchmarks/tests.json."
+    (root / "benchmarks").mkdir()
+    machine = {"model": "Some CPU", "architecture": "x86_64", "cores": 2, "flags": ["avx2"]}
+    record = {"command": "c", "commit": "0" * 40, "date": "2026-01-01T00:00:00+00:00", "machine": machine}
+    pipeline = record | {"results": {"seconds": {"train": 600.0}, "total_seconds": 1200.0}}
+    (root / "benchmarks/pipeline.json").write_text(json.dumps(pipeline))
+    assert "made on a 2-core Some CPU (avx2): its stages took 20 min there (" in results_markdown(root)
+    tests = record | {
+        "results": {"`make test`'s pytest": {"seconds": 540.0, "exit_status": 0, "summary": "ok"}}
+    }
+    (root / "benchmarks/tests.json").write_text(json.dumps(tests))
+    assert "took 20 min there, and the tests 9 min (`make test`'s pytest) (" in results_markdown(root)

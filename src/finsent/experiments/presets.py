@@ -51,7 +51,7 @@ def override(key: str, value) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].rstrip(":") + ".")
     parser.add_argument("name", help="a preset: the stem of a file in presets/")
     args = parser.parse_args(argv)
     words = [word for key, value in preset_values(args.name).items() for word in ("-S", override(key, value))]

@@ -118,22 +118,29 @@ def results_markdown(root: Path = Path()) -> str:
         + ", ".join(f"{kind.replace('_', ' ')} {behaviour[kind]:.0%}" for kind in KINDS)
         + f" | {behaviour['overall']:.1%} | |",
     ]
-    return "\n".join([BEGIN, "", *rows, "", *classes, "", *checks, "", *provenance(root), "", END])
+    return "\n".join([BEGIN, "", *rows, "", *classes, "", *checks, *provenance(root), "", END])
 
 
 def provenance(root: Path) -> list[str]:
     """Which machine made the committed run and how long the two commands took there, from the records
-    of benchmarks/pipeline.json and benchmarks/tests.json."""
-    pipeline, tests = (_read(root / BENCHMARKS / name) for name in ("pipeline.json", "tests.json"))
+    of benchmarks/pipeline.json and benchmarks/tests.json; nothing of a record not written yet (the
+    tests' record is written by a run of the tests, which check this README: the first run has none)."""
+    pipeline_file, tests_file = (root / BENCHMARKS / name for name in ("pipeline.json", "tests.json"))
+    if not pipeline_file.exists():
+        return []
+    pipeline = _read(pipeline_file)
     machine = pipeline["machine"]
-    minutes = {name: run["seconds"] / 60 for name, run in tests["results"].items()}
-    return [
+    line = (
         f"The committed run (`dvc.lock`, `metrics/`, `plots/`) was made on a {machine['cores']}-core "
         f"{machine['model']} ({', '.join(machine['flags'])}): its stages took "
-        f"{pipeline['results']['total_seconds'] / 60:.0f} min there, and the tests "
-        + " and ".join(f"{value:.0f} min ({name})" for name, value in minutes.items())
-        + " ([docs/speed.md](docs/speed.md))."
-    ]
+        f"{pipeline['results']['total_seconds'] / 60:.0f} min there"
+    )
+    if tests_file.exists():
+        minutes = {name: run["seconds"] / 60 for name, run in _read(tests_file)["results"].items()}
+        line += ", and the tests " + " and ".join(
+            f"{value:.0f} min ({name})" for name, value in minutes.items()
+        )
+    return ["", line + " ([docs/speed.md](docs/speed.md))."]
 
 
 def replace_block(text: str, block: str, source: str, begin: str = BEGIN, end: str = END) -> str:
@@ -152,7 +159,7 @@ def speed_doc(text: str, source: str, root: Path = Path()) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="update README.md's and docs/speed.md's tables")
     action.add_argument("--check", action="store_true", help="exit 1 if a table is stale")

@@ -18,7 +18,7 @@ from finsent.cli import run_cli
 from finsent.config import BACKENDS, LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
 from finsent.inference.api.schemas import PROBABILITY_DECIMALS, class_probabilities
-from finsent.inference.predictors import FP32_FILE, INT8_FILES, Predictor, load_predictor
+from finsent.inference.predictors import FP32_FILE, INT8_FILES, Predictor
 from finsent.inference.settings import PredictorSettings, load_settings
 from finsent.inference.texts import FORMATS, argument_texts, file_texts, stdin_texts
 
@@ -180,14 +180,7 @@ def main() -> None:
     output_format = args.format or (
         "csv" if args.output and args.output.suffix.lower() == ".csv" else "jsonl"
     )
-    predictor = load_predictor(
-        settings.backend,
-        settings.model_dir,
-        settings.exported_dir,
-        settings.batch_size,
-        int8_weights=settings.int8_weights,
-        runtime=settings.runtime,
-    )
+    predictor = settings.load()
     show_progress = args.input_file is not None and len(texts) > PROGRESS_MIN_ROWS
     probabilities = probabilities_in_chunks(predictor, texts, show_progress)
     write_output(format_predictions(probabilities, output_format), args.output)

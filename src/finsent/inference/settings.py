@@ -16,7 +16,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from finsent.config import Backend
 from finsent.errors import FinsentError
-from finsent.inference.predictors import Int8Weights, Runtime
+from finsent.inference.predictors import Int8Weights, Predictor, Runtime, load_predictor
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -79,6 +79,18 @@ class PredictorSettings(SectionSettings):
         "auto",
         description="the int8 model's weights: signed where the CPU has VNNI or AMX, else unsigned (auto)",
     )
+
+    def load(self, threads: int = 0) -> Predictor:
+        """The predictor these settings name, on the CPU, its model runs on `threads` cores (0: all)."""
+        return load_predictor(
+            self.backend,
+            self.model_dir,
+            self.exported_dir,
+            self.batch_size,
+            threads,
+            int8_weights=self.int8_weights,
+            runtime=self.runtime,
+        )
 
 
 def load_settings(cls: type[SettingsT], **flags) -> SettingsT:

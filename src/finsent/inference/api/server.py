@@ -40,7 +40,7 @@ from finsent.inference.api.schemas import (
     predict_request,
 )
 from finsent.inference.api.settings import ServeSettings
-from finsent.inference.predictors import Predictor, load_predictor
+from finsent.inference.predictors import Predictor
 from finsent.inference.settings import PredictorSettings, load_settings
 
 MAX_REPORTED_ERRORS = 10
@@ -52,27 +52,11 @@ def create_app(
 ) -> FastAPI:
     """The API around a loaded `predictor`; it is ready once a first prediction has warmed it up."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        predictor.predict_proba(["warm-up"])  # the first run allocates; no request should pay for it
-        batcher = Batcher(
-            predictor.predict_proba,
-            window_s=settings.batch_window_ms / 1000,
-            max_batch=predictor.batch_size,
-            max_queued=settings.max_queued_texts,
-            on_batch=metrics.batch_texts.observe,
-        )
-        metrics.waiting_texts.set_function(lambda: batcher.waiting_texts)
-        batcher.start()
-        app.state.batcher = batcher
-        yield
-        await batcher.stop()  # uvicorn calls this once the requests in flight are answered
-
     app = FastAPI(
         title="finsent",
         version=__version__,
         description="Sentiment of finance tweets: Bearish, Bullish or Neutral.",
-        lifespan=lifespan,
+        lifespan=batcher_lifespan(predictor, settings, metrics),
         redirect_slashes=False,  # a redirect would echo the client's Host header in its Location
     )
     app.state.batcher = None
@@ -98,36 +82,11 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
-
     @app.post(
         "/v1/predict",
         summary="Classify texts",
         dependencies=[Depends(json_content_type)],
-        responses={
-            400: {"model": ErrorMessage, "description": "the body could not be read or parsed"},
-            408: {
-                "model": ErrorMessage,
-                "description": f"the body not whole within {settings.request_timeout_s:g} s of the headers",
-            },
-            413: {
-                "model": ErrorMessage,
-                "description": f"body over {settings.max_body_bytes} bytes "
-                f"or {settings.max_body_values} JSON values",
-            },
-            415: {"model": ErrorMessage, "description": "the Content-Type is not application/json"},
-            422: {"model": ValidationErrors, "description": "the body is not a valid request"},
-            500: {
-                "model": ErrorMessage,
-                "description": "an unexpected error, such as the model failing on the texts",
-            },
-            503: {
-                "model": ErrorMessage,
-                "description": "overloaded (too many texts wait for the model, or too many requests in "
-                "progress) or shutting down; retry later",
-                "headers": retry_after,
-            },
-        },
+        responses=predict_responses(settings),
     )
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         try:
@@ -140,6 +99,64 @@ def create_app(
         ]
         return PredictResponse(predictions=predictions, backend=backend, model_version=version)
 
+    add_protections(app, settings, metrics)
+    return app
+
+
+def batcher_lifespan(predictor: Predictor, settings: ServeSettings, metrics: Metrics):
+    """The app's lifespan: the model warmed up and its batcher started before the first request, the
+    batcher stopped after the last."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        predictor.predict_proba(["warm-up"])  # the first run allocates; no request should pay for it
+        batcher = Batcher(
+            predictor.predict_proba,
+            window_s=settings.batch_window_ms / 1000,
+            max_batch=predictor.batch_size,
+            max_queued=settings.max_queued_texts,
+            on_batch=metrics.batch_texts.observe,
+        )
+        metrics.waiting_texts.set_function(lambda: batcher.waiting_texts)
+        batcher.start()
+        app.state.batcher = batcher
+        yield
+        await batcher.stop()  # uvicorn calls this once the requests in flight are answered
+
+    return lifespan
+
+
+def predict_responses(settings: ServeSettings) -> dict:
+    """The answers of /v1/predict other than 200, as the OpenAPI schema states them."""
+    retry_after = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    return {
+        400: {"model": ErrorMessage, "description": "the body could not be read or parsed"},
+        408: {
+            "model": ErrorMessage,
+            "description": f"the body not whole within {settings.request_timeout_s:g} s of the headers",
+        },
+        413: {
+            "model": ErrorMessage,
+            "description": f"body over {settings.max_body_bytes} bytes "
+            f"or {settings.max_body_values} JSON values",
+        },
+        415: {"model": ErrorMessage, "description": "the Content-Type is not application/json"},
+        422: {"model": ValidationErrors, "description": "the body is not a valid request"},
+        500: {
+            "model": ErrorMessage,
+            "description": "an unexpected error, such as the model failing on the texts",
+        },
+        503: {
+            "model": ErrorMessage,
+            "description": "overloaded (too many texts wait for the model, or too many requests in "
+            "progress) or shutting down; retry later",
+            "headers": retry_after,
+        },
+    }
+
+
+def add_protections(app: FastAPI, settings: ServeSettings, metrics: Metrics) -> None:
+    """The body's bounds, JSON answers for failures and the access log, around every route."""
     # Added innermost first: AccessLog sees (and gives an id to) every answer of the others.
     app.add_middleware(
         BodyLimit,
@@ -150,7 +167,6 @@ def create_app(
     )
     app.add_middleware(FailureAnswers)
     app.add_middleware(AccessLog, metrics=metrics, routes=frozenset(route.path for route in app.routes))
-    return app
 
 
 def json_content_type(request: Request) -> None:
@@ -206,15 +222,7 @@ def main() -> None:
     if settings.front == "nginx":
         nginx_executable()  # a missing nginx stops here, before the model loads
     # Loaded before the server starts: a missing model stops here with one line, not a traceback.
-    predictor = load_predictor(
-        model.backend,
-        model.model_dir,
-        model.exported_dir,
-        model.batch_size,
-        settings.model_threads,
-        int8_weights=model.int8_weights,
-        runtime=model.runtime,
-    )
+    predictor = model.load(settings.model_threads)
     version = predictor.version
     metrics = Metrics(model.backend, version)
     app = create_app(predictor, model.backend, version, settings, metrics)
