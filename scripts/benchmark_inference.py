@@ -41,11 +41,7 @@ import numpy as np
 from finsent.config import BACKENDS, load_params
 from finsent.data import read_jsonl
 from finsent.experiments.benchmark_record import write_record
-from finsent.export import write_onnx_models
-from finsent.inference.predictors import TorchPredictor, load_predictor
-from finsent.modeling import checkpoint_with_layers, load_base_model, save_classifier, with_lora
-from finsent.pretrained import resolve_pretrained
-from finsent.tokenization import load_fast_tokenizer, text_normalization
+from finsent.inference.predictors import load_predictor
 from tests.support.server import running_server
 
 
@@ -76,6 +72,13 @@ def untrained_export(
 ) -> tuple[Path, Path]:
     """`checkpoint` (`layers` of its layers, as model.layers keeps them) as the train and export stages
     would write it, untrained: (model_dir, exported_dir)."""
+    # The training stack, imported only here: it takes seconds, and a bad argument is refused before.
+    from finsent.export import write_onnx_models
+    from finsent.inference.predictors import TorchPredictor
+    from finsent.modeling import checkpoint_with_layers, load_base_model, save_classifier, with_lora
+    from finsent.pretrained import resolve_pretrained
+    from finsent.tokenization import load_fast_tokenizer, text_normalization
+
     params = load_params()
     checkpoint_dir = resolve_pretrained(checkpoint, params.model.revision)
     tokenizer = load_fast_tokenizer(checkpoint_dir, params.tokenize.max_length)
