@@ -55,11 +55,27 @@ def wait_for_waiting_texts(client: httpx.Client, texts: int) -> None:
     raise AssertionError(f"never {texts} texts waiting")
 
 
-def access_log_lines(log: Path, start: int = 0) -> list[dict]:
-    """The server's access-log lines (JSON on stdout) from byte `start` of its log on."""
-    time.sleep(0.2)  # a line is written once its answer is sent
-    text = log.read_bytes()[start:].decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+def access_log_lines(log: Path, start: int = 0, at_least: int = 0) -> list[dict]:
+    """The server's access-log lines (JSON on stdout) from byte `start` of its log on, once there are
+    `at_least` of them (or 5 s have passed): a line is written once its answer is sent, later on a busy
+    machine."""
+    for _ in range(25):
+        time.sleep(0.2)
+        text = log.read_bytes()[start:].decode("utf-8")
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        if len(lines) >= at_least:
+            break
+    return lines
+
+
+def settled_log_size(log: Path) -> int:
+    """The size of the server's log once no line has come for 0.3 s: where the next request's lines
+    start, after the lines of the requests answered before."""
+    size = -1
+    while size != log.stat().st_size:
+        size = log.stat().st_size
+        time.sleep(0.3)
+    return size
 
 
 def access_log(log: Path) -> dict[str, dict]:
