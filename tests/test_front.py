@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROJECT, SOURCE_ENV, finsent_command
-from support.api import access_log, image_copy, needs_nginx, served, wait_for_waiting_texts
+from support.api import access_log, image_copy, needs_nginx, schemathesis_run, served, wait_for_waiting_texts
 from support.counters import process_tree
 from support.server import free_port
 
@@ -212,23 +212,7 @@ def test_trace_which_nginx_refuses_itself_gets_the_apis_405(fronted, path):
 @needs_nginx
 def test_schemathesis_finds_nothing_through_the_front(fronted, tmp_path):
     """What ships (nginx in front) answers as the schema says too: nginx's own answers among them."""
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "st"),
-            "--config-file",
-            str(PROJECT / "schemathesis.toml"),
-            "run",
-            f"{fronted.base_url}/openapi.json",
-            "--max-examples",
-            "30",
-            "--seed",
-            "1",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = schemathesis_run(str(fronted.base_url), tmp_path)
     assert result.returncode == 0, result.stdout[-5000:]
     assert "No issues found" in result.stdout
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import PROJECT, SOURCE_ENV, finsent_command, served_predictor
 from ruamel.yaml import YAML
-from support.api import access_log, image_copy, metric, served, wait_for_waiting_texts
+from support.api import access_log, image_copy, metric, schemathesis_run, served, wait_for_waiting_texts
 from support.server import free_port
 
 from finsent.inference.api.schemas import NOT_ONLY_WHITESPACE
@@ -400,25 +400,8 @@ def test_settings_defaults_are_their_params_yaml_section(settings, tmp_path, mon
 
 
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(server, tmp_path):
-    """A bounded fuzz run for CI with every check of Schemathesis on (schemathesis.toml);
-    docs/serving.md gives the long one."""
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "st"),
-            "--config-file",
-            str(PROJECT / "schemathesis.toml"),
-            "run",
-            f"{server.base_url}/openapi.json",
-            "--max-examples",
-            "30",
-            "--seed",
-            "1",
-        ],
-        cwd=tmp_path,  # its caches go there
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """A bounded fuzz run for CI, every check on; docs/serving.md gives the long one."""
+    result = schemathesis_run(str(server.base_url), tmp_path)
     assert result.returncode == 0, result.stdout[-5000:]
     assert "No issues found" in result.stdout
 

@@ -3,6 +3,8 @@ connections."""
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,3 +96,26 @@ def json_answers(raw: bytes) -> list[tuple[int, dict, dict]]:
         answers.append((int(status_line.split()[1]), headers, json.loads(raw[:length])))
         raw = raw[length:]
     return answers
+
+
+def schemathesis_run(base_url: str, folder: Path) -> subprocess.CompletedProcess:
+    """A bounded fuzz run against the API at `base_url`, with every check of Schemathesis on
+    (schemathesis.toml) and its caches in `folder`; docs/serving.md gives the long one."""
+    project = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "st"),
+            "--config-file",
+            str(project / "schemathesis.toml"),
+            "run",
+            f"{base_url}/openapi.json",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
