@@ -239,11 +239,12 @@ def stage_here(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mirror: Path) -> Path:
     """A git + DVC copy of the project, set to train the tiny model on the small mirror for 2 epochs,
     distilling a tiny MPNet teacher trained for 1 (the path of the small model's option, which the
-    default, mpnet without a teacher, leaves out); nothing run yet."""
+    default, mpnet without a teacher, leaves out), and to audit with the tiny model (2 folds, 1 epoch);
+    nothing run yet."""
     files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=PROJECT).stdout.split()
     for name in files:
         if (PROJECT / name).is_file() and not name.startswith(
-            ("metrics/", "plots/", "data/teacher/", "dvc.lock")
+            ("metrics/", "plots/", "data/teacher/", "data/audit/", "dvc.lock")
         ):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(PROJECT / name, repo / name)
@@ -260,6 +261,10 @@ def project_copy(repo: Path, tiny_bert_dir: Path, tiny_mpnet_dir: Path, small_mi
         teacher__train__batch_size=16,
         teacher__augment__copies=2,
         teacher__runs=1,  # one run's metrics; an ensemble has its own test (tests/test_pipeline.py)
+        audit__checkpoint=str(tiny_bert_dir),
+        audit__folds=2,
+        audit__train__epochs=1,
+        audit__train__batch_size=16,
         export__min_agreement__onnx_int8=0.01,  # a tiny model trained on 600 tweets quantizes badly
     )
     init_git(repo)
@@ -386,14 +391,19 @@ def tiny_trained_model(checkpoint: Path, out_dir: Path) -> Path:
 BEHAVIOUR_CASES = PROJECT / "data" / "behaviour.yaml"
 
 
+DOUBTFUL_VALIDATION_IDS = [0, 1, 2]
+"""The validation rows that `build_exported_project`'s audit file doubts."""
+
+
 def evaluate_stage(project: Path) -> None:
     """The evaluate stage, run in `project` as dvc.yaml runs it (on the project's behavioural test
-    cases): plots/predictions.csv, export's reference."""
+    cases, and data/audit/validation.csv): plots/predictions.csv, export's reference."""
     run(
         [
             *stage_script("evaluate.py"),
             "models",
             "data/raw/validation.jsonl",
+            "data/audit/validation.csv",
             str(BEHAVIOUR_CASES),
             "metrics/validation.json",
             "plots",
@@ -422,6 +432,7 @@ def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
 
 
 def build_exported_project(project: Path, tiny_bert_dir: Path, small_mirror: Path) -> Path:
+    from finsent.audit_files import write_doubtful
     from finsent.data import to_jsonl
 
     project.mkdir()
@@ -433,6 +444,9 @@ def build_exported_project(project: Path, tiny_bert_dir: Path, small_mirror: Pat
         frame = read_source_csv(small_mirror / SOURCE_FILES[split])
         (project / "data" / "raw" / f"{split}.jsonl").write_bytes(to_jsonl(frame))
     (project / "data" / "raw" / "dev.jsonl").write_bytes(to_jsonl(frame.iloc[:100]))
+    (project / "data" / "audit").mkdir()
+    doubtful = frame.iloc[DOUBTFUL_VALIDATION_IDS].assign(label="Bullish", suggested="Neutral", quality=0.1)
+    write_doubtful(project / "data" / "audit" / "validation.csv", doubtful)
     tiny_trained_model(tiny_bert_dir, project / "models")
     evaluate_stage(project)
     run(

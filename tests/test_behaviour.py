@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BEHAVIOUR_CASES, PROJECT, SOURCE_ENV, run, stage_script
+from conftest import BEHAVIOUR_CASES, DOUBTFUL_VALIDATION_IDS, PROJECT, SOURCE_ENV, run, stage_script
 
+from finsent.audit_files import trusted_label_metrics
 from finsent.behaviour import FAILURE_COLUMNS, KINDS, load_cases, score_cases
 from finsent.config import LABELS, PROBABILITY_COLUMNS
 from finsent.errors import FinsentError
@@ -120,7 +121,7 @@ def test_a_wrong_case_is_one_line_naming_it(tmp_path, content, problem):
 def test_the_evaluate_stage_stops_on_a_wrong_case_before_it_loads_a_model(tmp_path):
     (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
     (tmp_path / "cases.yaml").write_text(spoiled("    Bearish: Shares plunge\n", ""))
-    evaluate = ["no-models", "validation.jsonl", "cases.yaml", "validation.json", "plots"]
+    evaluate = ["no-models", "validation.jsonl", "audit.csv", "cases.yaml", "validation.json", "plots"]
     result = run([*stage_script("evaluate.py"), *evaluate], cwd=tmp_path, env=SOURCE_ENV, check=False)
     assert result.returncode == 1
     assert result.stderr == (
@@ -207,3 +208,9 @@ def test_the_evaluate_stage_reports_pass_rates_reliability_and_calibration(expor
     assert (reliability["count"] * gaps).sum() / len(predictions) == pytest.approx(
         metrics["expected_calibration_error"], abs=1e-4
     )
+    # Validation again without the rows the audit doubts (data/audit/validation.csv): its rows, and
+    # the figures of the same predictions on them.
+    doubtful = predictions["id"].isin(DOUBTFUL_VALIDATION_IDS).to_numpy()
+    trusted = metrics["trusted_labels"]
+    assert trusted["rows"] == len(predictions) - len(DOUBTFUL_VALIDATION_IDS)
+    assert trusted == pytest.approx(trusted_label_metrics(labels, probabilities, doubtful), abs=1e-9)

@@ -57,7 +57,7 @@ def test_exponent_without_dot_is_a_float(tmp_path):
         (
             r"    num_processes: 1\n",
             "    num_processes: 2\n",
-            "teacher.train: Value error, the teacher trains in one process",
+            "teacher.train: Value error, this stage trains in one process",
         ),
         (r"dev_size: [\d.]+", "dev_size: 1.5", "data.dev_size: Input should be less than 1"),
         (

@@ -22,11 +22,14 @@ def package_closure(script: Path) -> set[str]:
     return {file.relative_to(PROJECT).as_posix() for file in provenance.package_closure(script, SOURCE)}
 
 
-TEACHER_OWN_MODULES = {"src/finsent/augmentation.py"}
-"""The teacher is a versioned artefact (dvc.yaml): of the package, only the modules no other stage uses."""
+OWN_MODULES = {"teacher": {"src/finsent/augmentation.py"}, "audit": {"src/finsent/audit.py"}}
+"""The teacher and the audit are versioned artefacts (dvc.yaml): of the package, each depends only on the
+modules no other stage uses."""
+PIPELINE = ("download", "tokenize_splits", "train", "evaluate", "export")
+"""The scripts of the stages that run on every change: those whose deps are every module they import."""
 
 
-@pytest.mark.parametrize("stage", sorted(set(STAGES) - {"teacher"}))
+@pytest.mark.parametrize("stage", sorted(set(STAGES) - set(OWN_MODULES)))
 def test_stage_deps_are_its_scripts_package_imports(stage):
     deps = STAGES[stage]["deps"]
     scripts = [dep for dep in deps if dep.startswith("stages/")]
@@ -35,17 +38,18 @@ def test_stage_deps_are_its_scripts_package_imports(stage):
     assert listed == package_closure(PROJECT / scripts[0])
 
 
-def test_the_teacher_depends_on_the_package_modules_no_other_stage_imports():
+@pytest.mark.parametrize("stage", sorted(OWN_MODULES))
+def test_an_artefact_stage_depends_on_the_package_modules_no_other_stage_imports(stage):
     others = set().union(
         *(
             package_closure(PROJECT / f"stages/{name}.py")
-            for name in ("download", "tokenize_splits", "train", "evaluate", "export")
+            for name in PIPELINE + tuple(set(OWN_MODULES) - {stage})
         )
     )
-    teacher_imports = package_closure(PROJECT / "stages" / "teacher.py")
-    assert teacher_imports - others == TEACHER_OWN_MODULES
-    assert {dep for dep in STAGES["teacher"]["deps"] if dep.startswith("src/")} == TEACHER_OWN_MODULES
-    assert STAGES["teacher"]["params"] == ["teacher"]
+    imports = package_closure(PROJECT / "stages" / f"{stage}.py")
+    assert imports - others == OWN_MODULES[stage]
+    assert {dep for dep in STAGES[stage]["deps"] if dep.startswith("src/")} == OWN_MODULES[stage]
+    assert STAGES[stage]["params"] == [stage]
 
 
 def test_closure_follows_lazy_imports_inside_functions():

@@ -230,7 +230,7 @@ def test_a_model_folder_without_its_calibration_stops_the_evaluate_stage_on_one_
     with pytest.raises(FinsentError, match=r"calibration.json: missing; every model folder has the temp"):
         TorchPredictor.from_dir(tmp_path / "models", batch_size=2)
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
-    evaluate = ["models", "validation.jsonl", str(BEHAVIOUR_CASES), "validation.json", "plots"]
+    evaluate = ["models", "validation.jsonl", "audit.csv", str(BEHAVIOUR_CASES), "validation.json", "plots"]
     result = stage_here("evaluate.py", *evaluate, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == (

@@ -15,6 +15,7 @@ from scipy.special import softmax
 from sklearn.metrics import f1_score
 from transformers import AutoTokenizer
 
+from finsent.audit_files import audit_code_sha256, read_doubtful, write_doubtful
 from finsent.config import LABELS
 from finsent.data import MIRROR_ENV, read_jsonl
 from finsent.distillation import CODE_KEY, LOGIT_COLUMNS, MASK, teacher_code_sha256
@@ -23,7 +24,7 @@ from finsent.inference.predictors import TorchPredictor
 from finsent.metrics import headline_metrics
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "teacher", "tokenize", "train", "evaluate", "export")
+STAGES = ("download", "teacher", "audit", "tokenize", "train", "evaluate", "export")
 
 
 def read_teacher_metrics(repo) -> dict:
@@ -228,6 +229,38 @@ def test_the_teacher_reruns_only_on_purpose(pipeline_run):
     assert teacher_code_note(read_teacher_metrics(pipeline_run), pipeline_run) == ""
     edit_params(pipeline_run, teacher__augment__copies=1)
     assert "teacher:" in run(["dvc", "status"], cwd=pipeline_run).stdout
+
+
+def test_the_audit_reruns_only_on_purpose_and_its_doubtful_rows_leave_training_when_asked(pipeline_run):
+    repo = pipeline_run
+    audit = json.loads((repo / "metrics/audit.json").read_text())
+    assert audit[CODE_KEY] == audit_code_sha256(repo)
+    train_rows = read_jsonl(repo / "data/raw/train.jsonl")
+    assert audit["train"]["rows"] == len(train_rows)
+    assert audit["train"]["doubtful"] == len(read_doubtful(repo / "data/audit/train.csv"))
+    validation = json.loads((repo / "metrics/validation.json").read_text())
+    doubtful_validation = len(read_doubtful(repo / "data/audit/validation.csv"))
+    assert validation["trusted_labels"]["rows"] == 200 - doubtful_validation
+
+    # A new audit (five rows doubted, as `dvc commit` records it): tokenize reruns to the same bytes,
+    # without reading it, and nothing after it does.
+    tokenized = (repo / "data/tokenized/train.parquet").read_bytes()
+    doubted = train_rows.iloc[:5].assign(label="Bullish", suggested="Neutral", quality=0.1)
+    write_doubtful(repo / "data/audit/train.csv", doubted)
+    run(["dvc", "commit", "--force", "audit"], cwd=repo)
+    assert repro(repo) == {"tokenize"}
+    assert (repo / "data/tokenized/train.parquet").read_bytes() == tokenized
+
+    # Asked to, it leaves them out of training, with their augmented copies (one a row).
+    edit_params(repo, tokenize__drop_doubtful=True)
+    assert repro(repo) == {"tokenize", "train", "evaluate", "export"}
+    assert pq.read_table(repo / "data/tokenized/train.parquet").num_rows == 2 * (len(train_rows) - 5)
+
+    # An edit of the shared training code does not schedule the audit; `make audit` reruns it.
+    training = repo / "src/finsent/training.py"
+    training.write_text(training.read_text() + "\n# an edit of the shared training code\n")
+    assert "audit" not in run(["dvc", "status"], cwd=repo).stdout
+    assert "dvc repro --force --single-item audit" in (PROJECT / "Makefile").read_text()
 
 
 def test_an_ensemble_teacher_writes_the_log_of_its_runs_mean_probabilities(pipeline_run):

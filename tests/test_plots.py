@@ -39,6 +39,26 @@ COUNTS = "Confusion matrix (validation)"
 SHARES = "Confusion matrix, share of each actual class (validation; recall on the diagonal)"
 CURVES = "Precision-recall, one panel per class (validation, one vs rest)"
 RELIABILITY = "Reliability (validation, 15 confidence bins)"
+NOISE = "Label noise estimated by the audit (train; share of each true class carrying each label)"
+# The audit's files: its noise matrix (columns of true labels summing to 1), validation's doubtful rows.
+NOISE_SHARES = {
+    ("Bearish", "Bearish"): 0.9,
+    ("Bearish", "Bullish"): 0.02,
+    ("Bearish", "Neutral"): 0.08,
+    ("Bullish", "Bearish"): 0.01,
+    ("Bullish", "Bullish"): 0.93,
+    ("Bullish", "Neutral"): 0.06,
+    ("Neutral", "Bearish"): 0.031,
+    ("Neutral", "Bullish"): 0.045,
+    ("Neutral", "Neutral"): 0.924,
+}
+AUDIT_FILES = {
+    "data/audit/noise_matrix.csv": "true_label,given_label,share,rows\n"
+    + "".join(
+        f"{true},{given},{share},{round(share * 100)}\n" for (true, given), share in NOISE_SHARES.items()
+    ),
+    "data/audit/validation.csv": "id,text,label,suggested,quality\n",
+}
 # dvclive's files for the two training plots, so that every plot of dvc.yaml has data.
 TRAINING_CURVES = {
     "metrics/train/plots/metrics/dev/macro_f1.tsv": "step\tmacro_f1\n0\t0.61\n1\t0.72\n",
@@ -177,15 +197,19 @@ def evaluated_repo(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
     (repo / "data/raw").mkdir(parents=True)
     (repo / "data/raw/validation.jsonl").write_bytes(to_jsonl(validation))
     tiny_trained_model(tiny_bert_dir, repo / "models")
+    for name, content in AUDIT_FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(content)
     evaluate = [
         "models",
         "data/raw/validation.jsonl",
+        "data/audit/validation.csv",
         str(BEHAVIOUR_CASES),
         "metrics/validation.json",
         "plots",
     ]
     run([*stage_script("evaluate.py"), *evaluate], cwd=repo, env=SOURCE_ENV)
-    files = {".gitignore": "/models\n/data\n", **with_project_plots(), **TRAINING_CURVES}
+    files = {".gitignore": "/models\n/data/raw\n", **with_project_plots(), **TRAINING_CURVES}
     commit_files(repo, files, "evaluated")
     return repo
 
@@ -246,6 +270,7 @@ def test_page_draws_every_plot_readably_and_references_nothing_outside(evaluated
         "Dev macro-F1 by epoch",
         "Loss by epoch (train and dev)",
         RELIABILITY,
+        NOISE,
     ]
     for svg in svgs.values():  # drawn marks (cells, lines), not an empty frame
         marks = [
@@ -272,6 +297,16 @@ def test_page_draws_every_plot_readably_and_references_nothing_outside(evaluated
     reliability = pd.read_csv(evaluated_repo / "plots/reliability.csv")
     assert reliability["count"].sum() == len(predictions)
     assert_reliability_drawn(svgs[RELIABILITY], {"workspace": reliability})
+
+    # The audit's noise matrix: each (true, given) cell's share, as a percentage.
+    noise = svgs[NOISE]
+    assert axis_titles(noise) == {"true label (estimated)", "given label"}
+    (panel,) = [g for g in groups(noise, "role-mark") if "mark-text" in g.get("class")]
+    drawn = {}
+    for text in panel.iter(f"{SVG}text"):
+        fields = aria(text)
+        drawn[(fields["true label (estimated)"], fields["given label"])] = text.text
+    assert drawn == {cell: f"{share:.1%}" for cell, share in NOISE_SHARES.items()}
 
 
 def test_page_of_a_revision_draws_both_side_by_side(evaluated_repo, tmp_path):

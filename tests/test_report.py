@@ -4,6 +4,7 @@ import json
 import tomllib
 import xml.etree.ElementTree as ET
 
+import pandas as pd
 import pytest
 from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
 from PIL import Image
@@ -13,7 +14,14 @@ from test_plots import cells_by_revision, groups, plot_templates, project_dvc_ya
 from finsent.config import LABELS
 from finsent.experiments.compare import compare_predictions
 from finsent.experiments.plots import draw_png, draw_svg, dvc_plots
-from finsent.experiments.report import REPORT_FILE, VERDICT_RULE, params_markdown, verdict
+from finsent.experiments.report import (
+    REPORT_FILE,
+    VERDICT_RULE,
+    WORST_ROWS,
+    audit_markdown,
+    params_markdown,
+    verdict,
+)
 
 # The project's own plot definitions and templates, and the metrics files the report compares.
 METRICS_FILES = ["metrics/train/metrics.json", "metrics/validation.json", "metrics/export.json"]
@@ -255,3 +263,33 @@ def test_workflow_runs_the_checks_read_only_and_publishes_the_report_in_a_job_of
     posting = next(step for step in publish["steps"] if "github-script" in step.get("uses", ""))
     assert f'"pr-report/{REPORT_FILE}"' in posting["with"]["script"]
     assert "updateComment" in posting["with"]["script"]
+
+
+def doubtful_rows(ids: list[int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "text": [f"tweet {i} | $AAPL" for i in ids],
+            "label": "Bullish",
+            "suggested": "Neutral",
+            "quality": [0.01 * (rank + 1) for rank in range(len(ids))],
+        }
+    )
+
+
+def test_the_audit_section_shows_the_worst_doubtful_rows_only_where_they_changed():
+    same = {"train": doubtful_rows([4, 2]), "validation": doubtful_rows([9])}
+    assert audit_markdown(same, same, "main") == ""
+
+    changed = {"train": doubtful_rows([2, 7, *range(100, 120)]), "validation": doubtful_rows([9])}
+    section = audit_markdown(same, changed, "main")
+    assert section.startswith("## Label audit: doubtful rows changed (`data/audit/`)\n")
+    assert "**train**: 2 at `main`, 22 now (21 added, 1 removed)." in section
+    assert "**validation**: 1 at `main`, 1 now (0 added, 0 removed)." in section
+    train_table = section.split("**train**")[1].split("**validation**")[0]
+    rows = [line for line in train_table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == WORST_ROWS
+    assert rows[0] == "| 2 | Bullish | Neutral | 0.010 | tweet 2 \\| $AAPL |"  # the bar stays in its cell
+
+    first_audit = audit_markdown({}, changed, "main")
+    assert "**train**: - at `main`, 22 now." in first_audit

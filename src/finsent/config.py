@@ -57,6 +57,14 @@ class TokenizeParams(_Section):
     cashtag_replacement: str | None
 
 
+class TokenizeStageParams(TokenizeParams):
+    """The tokenize stage's section: the served model's tokenization, and which train rows it keeps."""
+
+    # true: the train rows the audit stage doubts (data/audit/train.csv) are left out of the training
+    # set, with their augmented copies; dev is never changed, so that it still decides.
+    drop_doubtful: bool
+
+
 class LoraParams(_Section):
     # false: full fine-tuning (every weight trained, the rest of this section unused), to show what LoRA costs
     enabled: bool
@@ -108,7 +116,20 @@ class AugmentParams(_Section):
     seed: int
 
 
-class TeacherParams(_Section):
+class _OwnTraining(_Section):
+    """A stage that trains its own models (teacher, audit) with its own `train` section, in one process."""
+
+    train: TrainParams
+
+    @field_validator("train")
+    @classmethod
+    def _one_process(cls, value: TrainParams) -> TrainParams:
+        if value.num_processes != 1:
+            raise ValueError("this stage trains in one process (num_processes: 1)")
+        return value
+
+
+class TeacherParams(_OwnTraining):
     """A stronger model, fine-tuned once on train; the train stage distils its class probabilities."""
 
     checkpoint: str
@@ -125,12 +146,22 @@ class TeacherParams(_Section):
     # averaged, are the soft labels.
     runs: int = Field(gt=0)
 
-    @field_validator("train")
-    @classmethod
-    def _one_process(cls, value: TrainParams) -> TrainParams:
-        if value.num_processes != 1:
-            raise ValueError("the teacher trains in one process (num_processes: 1)")
-        return value
+
+class AuditParams(_OwnTraining):
+    """The label audit: K-fold training on the labels alone, then confident learning (cleanlab) over each
+    train row's out-of-fold class probabilities and validation's (the mean of the fold models')."""
+
+    checkpoint: str
+    revision: str
+    # Its own tokenization and training, as the teacher's: changing the served model's never reruns it.
+    tokenize: TokenizeParams
+    lora: LoraParams
+    train: TrainParams
+    # Folds of train, stratified: each fold's rows are scored by the model trained on the others.
+    folds: int = Field(ge=2)
+    fold_seed: int  # which rows go to which fold
+    # Texts a batch when a fold model scores its held-out rows and validation.
+    label_batch_size: int = Field(gt=0)
 
 
 class DistillParams(_Section):
@@ -169,10 +200,11 @@ class ExportParams(_Section):
 class Params(_Section):
     data: DataParams
     model: ModelParams
-    tokenize: TokenizeParams
+    tokenize: TokenizeStageParams
     lora: LoraParams
     train: TrainParams
     teacher: TeacherParams
+    audit: AuditParams
     distill: DistillParams
     evaluate: EvaluateParams
     export: ExportParams

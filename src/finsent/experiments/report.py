@@ -2,18 +2,23 @@
 
 It leads with a one-line verdict on validation macro-F1, the headline figures of both revisions
 (macro-F1 and accuracy with the 95% interval of the difference and McNemar's test, from
-`finsent.experiments.compare`; the int8 model's agreement with PyTorch) and the params that changed.
-Every metric of both revisions follows in a collapsed section, then every plot of `dvc.yaml`, the
-base revision first, drawn to PNG by vl-convert (`finsent.experiments.plots`: in-process, no browser).
+`finsent.experiments.compare`; the int8 model's agreement with PyTorch) and the params that changed;
+where the label audit's doubtful rows changed, their counts and the worst of them. Every metric of both
+revisions follows in a collapsed section, then every plot of `dvc.yaml`, the base revision first, drawn
+to PNG by vl-convert (`finsent.experiments.plots`: in-process, no browser).
 """
 
 import argparse
+import io
 import json
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from finsent import dvc_access
 from finsent.atomic import atomic_dir
+from finsent.audit_files import DOUBTFUL_FILES
 from finsent.cli import run_cli
 from finsent.errors import FinsentError
 from finsent.experiments.compare import (
@@ -29,6 +34,9 @@ from finsent.experiments.plots import draw_png, dvc_plots
 REPORT_FILE = "report.md"
 # The README's int8 figure (finsent-results): validation texts one at a time.
 INT8_AGREEMENT = ("metrics/export.json", "onnx_int8.batch_1.agreement_with_pytorch")
+AUDIT_DIR = "data/audit"
+WORST_ROWS = 10
+"""The doubtful rows of each split shown where the audit changed: the lowest quality first."""
 # Speed depends on the machine each revision ran on, not on the change: not compared.
 TIMING_METRICS = {"runtime_s", "samples_per_second"}
 VERDICT_RULE = (
@@ -61,6 +69,7 @@ def write_pr_report(
             verdict(comparison) + "\n",
             headline_markdown(comparison, metrics),
             params_markdown(params, base),
+            audit_markdown(_doubtful_rows(base), _doubtful_rows(None), base),
             f"{VERDICT_RULE} Validation predictions `{predictions}`: {bootstrap_sentence(comparison)}\n",
             "<details><summary>Every metric of both revisions</summary>\n",
             metrics_markdown(metrics, base),
@@ -119,6 +128,50 @@ def params_markdown(params: dict, base: str) -> str:
         *(f"| `{key}` | {_value(c['old'])} | {_value(c['new'])} |" for key, c in changed),
     ]
     return "\n".join(lines) + "\n"
+
+
+def audit_markdown(base_rows: dict, rows: dict, base: str) -> str:
+    """Where the audit's doubtful rows changed: for each split, their number in both revisions, those
+    added and removed, and the workspace's WORST_ROWS worst; nothing where they did not."""
+    if all(_ids(base_rows.get(split)) == _ids(rows.get(split)) for split in DOUBTFUL_FILES):
+        return ""
+    lines = [f"## Label audit: doubtful rows changed (`{AUDIT_DIR}/`)\n"]
+    for split in DOUBTFUL_FILES:
+        old, new = _ids(base_rows.get(split)), _ids(rows.get(split))
+        counts = f"{'-' if old is None else len(old)} at `{base}`, {'-' if new is None else len(new)} now"
+        if old is not None and new is not None:
+            counts += f" ({len(new - old)} added, {len(old - new)} removed)"
+        lines.append(f"**{split}**: {counts}.\n")
+        if new:
+            worst = rows[split].head(WORST_ROWS)
+            lines += [
+                "| id | given | suggested | quality | text |",
+                "|---|---|---|---|---|",
+                *(
+                    f"| {row.id} | {row.label} | {row.suggested} | {row.quality:.3f} | {_value(row.text)} |"
+                    for row in worst.itertuples()
+                ),
+                "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _doubtful_rows(rev: str | None) -> dict[str, pd.DataFrame]:
+    """Each split's doubtful rows as revision `rev` (None: the workspace) holds them; a split whose file
+    it lacks is left out."""
+    rows = {}
+    for split, name in DOUBTFUL_FILES.items():
+        path = f"{AUDIT_DIR}/{name}"
+        try:
+            content = Path(path).read_bytes() if rev is None else dvc_access.read_bytes(path, rev)
+        except (FileNotFoundError, dvc_access.NotAtRevision):
+            continue
+        rows[split] = pd.read_csv(io.BytesIO(content), dtype={"text": str}, keep_default_na=False)
+    return rows
+
+
+def _ids(rows: pd.DataFrame | None) -> set | None:
+    return None if rows is None else set(rows["id"])
 
 
 def metrics_markdown(metrics: dict, base: str) -> str:

@@ -32,6 +32,7 @@ METRICS = {
     "train": Path("metrics/train/metrics.json"),
     "teacher": Path("metrics/teacher.json"),
     "export": Path("metrics/export.json"),
+    "audit": Path("metrics/audit.json"),
 }
 RUN_PARAMS = Path("metrics/train/params.yaml")
 """The params the train stage ran with, as it recorded them."""
@@ -73,6 +74,7 @@ def results_markdown(root: Path = Path()) -> str:
     """The results tables, from the metrics files under `root` (and the run's recorded params)."""
     m = {name: _read(root / path) for name, path in METRICS.items()}
     validation, train, teacher, export = m["validation"], m["train"], m["teacher"], m["export"]
+    audit = m["audit"]
     run = YAML(typ="safe").load((root / RUN_PARAMS).read_text(encoding="utf-8"))
     teacher_params = YAML(typ="safe").load((root / "params.yaml").read_text(encoding="utf-8"))["teacher"]
     distilling = run.get("distill", {}).get("enabled")
@@ -97,6 +99,13 @@ def results_markdown(root: Path = Path()) -> str:
         f"| {teacher['validation']['macro_f1']:.3f} | {teacher['validation']['accuracy']:.3f} "
         f"| {teacher['dev']['macro_f1']:.3f} | {teacher_runs[0]['train']['trainable_parameters']:,} |",
     ]
+    # Written by the evaluate stage since the audit exists: a run made before has none.
+    if "trusted_labels" in validation:
+        trusted = validation["trusted_labels"]
+        rows.append(
+            f"| served, on the {trusted['rows']:,} tweets whose label the audit trusts (reported, never "
+            f"used to choose) | {trusted['macro_f1']:.3f} | {trusted['accuracy']:.3f} | | |"
+        )
     per_class = validation["per_class"]
     classes = [
         "| served model, by class | precision | recall | F1 | validation tweets |",
@@ -118,7 +127,26 @@ def results_markdown(root: Path = Path()) -> str:
         + ", ".join(f"{kind.replace('_', ' ')} {behaviour[kind]:.0%}" for kind in KINDS)
         + f" | {behaviour['overall']:.1%} | |",
     ]
-    return "\n".join([BEGIN, "", *rows, "", *classes, "", *checks, *provenance(root), "", END])
+    return "\n".join(
+        [BEGIN, "", *rows, "", *classes, "", *checks, "", *audit_rows(audit), *provenance(root), "", END]
+    )
+
+
+def audit_rows(audit: dict) -> list[str]:
+    """The label audit's figures: each split's doubtful rows, in all and by given label."""
+    return [
+        "| label audit (`make audit`): doubtful rows | all | "
+        + " | ".join(f"of {name}" for name in LABELS)
+        + " |",
+        "|---|---|" + "---|" * len(LABELS),
+        *(
+            f"| {split} ({audit[split]['rows']:,} tweets) | {audit[split]['doubtful']:,} "
+            f"({audit[split]['doubtful_share']:.1%}) | "
+            + " | ".join(f"{audit[split]['by_label'][name]['doubtful_share']:.1%}" for name in LABELS)
+            + " |"
+            for split in ("train", "validation")
+        ),
+    ]
 
 
 def provenance(root: Path) -> list[str]:
