@@ -1,6 +1,7 @@
 """The label audit: confident learning over out-of-fold probabilities, its files, the stages reading them."""
 
 import json
+import runpy
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import PROJECT, edit_params, slice_mirror, stage_here
+from conftest import PROJECT, edit_params, run_here, slice_mirror, stage_here
 
 from finsent.audit import audit_split, fold_of_each_row, noise_table
 from finsent.audit_files import (
@@ -263,3 +264,37 @@ def test_tokenize_leaves_out_the_doubtful_rows_only_when_told(audit_project, tmp
     assert result.returncode == 0, result.stderr
     assert "left out: 3 rows the audit doubts" in result.stdout
     assert pq.read_table(project / "data/tokenized/train.parquet").num_rows == len(train) - 3
+
+
+def hand_check(*args: str, cwd: Path):
+    script = str(PROJECT / "scripts/audit_hand_check.py")
+    return run_here(lambda: runpy.run_path(script, run_name="__main__"), [script, *args], cwd)
+
+
+def test_the_hand_check_samples_blind_and_scores_each_groups_share_of_wrong_labels(tmp_path):
+    train = pd.DataFrame({"id": range(20), "text": [f"tweet {i}" for i in range(20)], "label": [2] * 20})
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/train.jsonl").write_bytes(to_jsonl(train))
+    (tmp_path / "data/audit").mkdir()
+    flagged = train.iloc[:6]
+    write_doubtful(
+        tmp_path / "data/audit/train.csv", flagged.assign(label="Neutral", suggested="Bullish", quality=0.1)
+    )
+
+    assert hand_check("sample", "--per-group", "3", cwd=tmp_path).returncode == 0
+    judgments = pd.read_csv(tmp_path / "data/hand_check/judgments.csv", keep_default_na=False)
+    assert list(judgments.columns) == ["id", "text", "label", "label_wrong", "why"]  # nothing of the flag
+    assert judgments["id"].isin(flagged["id"]).sum() == 3 and len(judgments) == 6
+    again = hand_check("sample", cwd=tmp_path)
+    assert again.returncode == 1 and "exists, and may hold judgments" in again.stderr
+
+    judgments["label_wrong"] = np.where(judgments["id"].isin(flagged["id"]), "yes", "no")
+    judgments.loc[~judgments["id"].isin(flagged["id"]), "label_wrong"] = ["yes", "no", "no"]
+    judgments.to_csv(tmp_path / "data/hand_check/judgments.csv", index=False)
+    assert hand_check("score", cwd=tmp_path).returncode == 0
+    result = json.loads((tmp_path / "data/hand_check/result.json").read_text())
+    assert result == {
+        "flagged": {"rows": 3, "label_wrong": 3, "share_wrong": 1.0},
+        "unflagged": {"rows": 3, "label_wrong": 1, "share_wrong": 0.3333},
+        "ratio": 3.0,
+    }
