@@ -136,7 +136,7 @@ def audit_rows(audit: dict) -> list[str]:
     """The label audit's figures: each split's doubtful rows, in all and by given label."""
     return [
         "| label audit (`make audit`): doubtful rows | all | "
-        + " | ".join(f"of {name}" for name in LABELS)
+        + " | ".join(f"labelled {name}" for name in LABELS)
         + " |",
         "|---|---|" + "---|" * len(LABELS),
         *(
