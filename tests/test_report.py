@@ -293,3 +293,16 @@ def test_the_audit_section_shows_the_worst_doubtful_rows_only_where_they_changed
 
     first_audit = audit_markdown({}, changed, "main")
     assert "**train**: - at `main`, 22 now." in first_audit
+
+
+def test_a_metrics_file_the_change_adds_is_reported_without_a_base_value(pull_request):
+    yaml = YAML()
+    pipeline = yaml.load(pull_request / "dvc.yaml")
+    pipeline["metrics"].append("metrics/audit.json")
+    yaml.dump(pipeline, pull_request / "dvc.yaml")
+    commit_files(pull_request, {"metrics/audit.json": json.dumps({"train": {"doubtful": 759}})}, "audit")
+    report(pull_request)
+    assert (
+        "| metrics/audit.json | train.doubtful | - | 759 | - |"
+        in (pull_request / "report/report.md").read_text()
+    )

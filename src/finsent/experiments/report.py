@@ -214,15 +214,35 @@ def _value(value) -> str:
 def _diffs(base: str) -> tuple[dict, dict]:
     """`dvc params diff BASE` and `dvc metrics diff BASE --all`, as {file: {key: {old, new[, diff]}}}.
 
-    Fails unless `base` holds every metrics file, readable (`dvc metrics diff` gives no value there).
+    Fails unless `base` holds every metrics file its dvc.yaml declares, readable (`dvc metrics diff`
+    gives no value there); a metrics file that the change adds (a new stage's) has none at `base`.
     """
     metrics = dvc_access.metrics_diff(base)
+    declared = _declared_metrics(base)
     for path, values in metrics.items():
-        if all(change.get("old") is None for change in values.values()):
+        if path in declared and all(change.get("old") is None for change in values.values()):
             raise FinsentError(
                 f"{base}:{path}: no metrics at revision {base} (missing, unreadable, or not in its dvc.yaml)"
             )
     return dvc_access.params_diff(base), metrics
+
+
+def _declared_metrics(rev: str) -> set[str]:
+    """The metrics files that `rev`'s dvc.yaml declares, top level and in its stages, `${var}`s filled in
+    from its `vars`."""
+    pipeline = dvc_access.yaml_at("dvc.yaml", rev, missing_ok=True) or {}
+    values = {
+        key: value
+        for entry in pipeline.get("vars", [])
+        if isinstance(entry, dict)
+        for key, value in entry.items()
+    }
+    entries = [
+        *pipeline.get("metrics", []),
+        *(entry for stage in pipeline.get("stages", {}).values() for entry in stage.get("metrics", [])),
+    ]
+    paths = (next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries)
+    return {re.sub(r"\$\{(\w+)\}", lambda name: str(values.get(name[1], name[0])), path) for path in paths}
 
 
 def _slug(title: str) -> str:
