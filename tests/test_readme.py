@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, run
 
+from finsent.audit_files import AUDIT_SCRIPT
 from finsent.distillation import CODE_KEY, TEACHER_SCRIPT, teacher_code_sha256
 from finsent.errors import FinsentError
 from finsent.experiments.results import BEGIN, END, replace_block, results_markdown
@@ -42,14 +43,25 @@ def test_a_readme_without_the_markers_is_named():
 
 def results_tree(parent: Path) -> Path:
     """What `finsent-results` reads, copied into a folder of `parent`: the metrics, params.yaml and the
-    teacher's code."""
+    teacher's and the audit's code."""
     folder = parent / "tree"
     shutil.copytree(PROJECT / "metrics", folder / "metrics")
     shutil.copy(PROJECT / "params.yaml", folder / "params.yaml")
     shutil.copytree(PROJECT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "stages").mkdir()
-    shutil.copy(PROJECT / TEACHER_SCRIPT, folder / TEACHER_SCRIPT)
+    for script in (TEACHER_SCRIPT, AUDIT_SCRIPT):
+        shutil.copy(PROJECT / script, folder / script)
     return folder
+
+
+def test_the_audit_row_says_when_the_code_it_ran_has_changed(tmp_path):
+    root = results_tree(tmp_path)
+    audit_row = next(line for line in results_markdown(root).splitlines() if line.startswith("| label audit"))
+    assert audit_row.startswith("| label audit (`make audit`): doubtful rows |")
+    audit = root / "src/finsent/audit.py"
+    audit.write_text(audit.read_text() + "\n# an edit of the audit's code\n")
+    audit_row = next(line for line in results_markdown(root).splitlines() if line.startswith("| label audit"))
+    assert "(its code has changed since it was made: `make audit` reruns it)" in audit_row
 
 
 def teacher_row(root: Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from finsent.audit_files import audit_code_sha256
 from finsent.behaviour import KINDS
 from finsent.cli import run_cli
 from finsent.config import LABELS
@@ -59,15 +60,20 @@ def _epochs(train: dict) -> str:
     return f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''}"
 
 
-def teacher_code_note(teacher: dict, root: Path) -> str:
-    """Whether the teacher's outputs were made by the code now in the tree at `root`, as words to put
-    after its name: nothing where they were. `dvc status` cannot say it (dvc.yaml: its deps)."""
-    recorded = teacher.get(CODE_KEY)
+def code_note(record: dict, current: str, remedy: str) -> str:
+    """Whether a versioned artefact's outputs (the teacher's, the audit's: `record`, its metrics) were
+    made by the code now in the tree (hash `current`), as words to put after its name: nothing where they
+    were. `dvc status` cannot say it (dvc.yaml: their deps)."""
+    recorded = record.get(CODE_KEY)
     if recorded is None:
         return " (the code that made it is not recorded)"
-    if recorded != teacher_code_sha256(root):
-        return " (its code has changed since it was made: `make teacher` retrains it)"
+    if recorded != current:
+        return f" (its code has changed since it was made: {remedy})"
     return ""
+
+
+def teacher_code_note(teacher: dict, root: Path) -> str:
+    return code_note(teacher, teacher_code_sha256(root), "`make teacher` retrains it")
 
 
 def results_markdown(root: Path = Path()) -> str:
@@ -128,14 +134,28 @@ def results_markdown(root: Path = Path()) -> str:
         + f" | {behaviour['overall']:.1%} | |",
     ]
     return "\n".join(
-        [BEGIN, "", *rows, "", *classes, "", *checks, "", *audit_rows(audit), *provenance(root), "", END]
+        [
+            BEGIN,
+            "",
+            *rows,
+            "",
+            *classes,
+            "",
+            *checks,
+            "",
+            *audit_rows(audit, root),
+            *provenance(root),
+            "",
+            END,
+        ]
     )
 
 
-def audit_rows(audit: dict) -> list[str]:
+def audit_rows(audit: dict, root: Path) -> list[str]:
     """The label audit's figures: each split's doubtful rows, in all and by given label."""
+    note = code_note(audit, audit_code_sha256(root), "`make audit` reruns it")
     return [
-        "| label audit (`make audit`): doubtful rows | all | "
+        f"| label audit (`make audit`){note}: doubtful rows | all | "
         + " | ".join(f"labelled {name}" for name in LABELS)
         + " |",
         "|---|---|" + "---|" * len(LABELS),
