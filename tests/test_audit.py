@@ -189,25 +189,28 @@ def audit_project(tmp_path_factory, tiny_bert_dir) -> Path:
 AUDIT_ARGS = ("data/raw", "data/audit", "metrics/audit.json")
 
 
-def test_the_audit_stage_writes_each_splits_doubtful_rows_the_noise_matrix_and_its_figures(audit_project):
-    result = stage_here("audit.py", *AUDIT_ARGS, cwd=audit_project)
+def test_the_audit_stage_writes_each_splits_doubtful_rows_the_noise_matrix_and_its_figures(
+    audit_project, tmp_path
+):
+    project = shutil.copytree(audit_project, tmp_path / "project")
+    result = stage_here("audit.py", *AUDIT_ARGS, cwd=project)
     assert result.returncode == 0, result.stderr
     assert "audit: fold 1/2: training on" in result.stderr and "audit: fold 2/2" in result.stderr
 
-    metrics = json.loads((audit_project / "metrics/audit.json").read_text())
+    metrics = json.loads((project / "metrics/audit.json").read_text())
     assert metrics[CODE_KEY] == audit_code_sha256(PROJECT)
-    assert sorted((audit_project / "data/audit").iterdir()) == [
-        audit_project / "data/audit" / name for name in ("noise_matrix.csv", "train.csv", "validation.csv")
+    assert sorted((project / "data/audit").iterdir()) == [
+        project / "data/audit" / name for name in ("noise_matrix.csv", "train.csv", "validation.csv")
     ]
     for split in ("train", "validation"):
-        rows = pd.read_json(audit_project / f"data/raw/{split}.jsonl", lines=True)
-        doubtful = read_doubtful(audit_project / f"data/audit/{split}.csv")
+        rows = pd.read_json(project / f"data/raw/{split}.jsonl", lines=True)
+        doubtful = read_doubtful(project / f"data/audit/{split}.csv")
         assert metrics[split]["rows"] == len(rows)
         assert metrics[split]["doubtful"] == len(doubtful)
         assert set(doubtful["id"]) <= set(rows["id"])
         given = rows.set_index("id").loc[doubtful["id"], "label"].map(dict(enumerate(LABELS)))
         assert doubtful["label"].tolist() == given.tolist()
-    noise = pd.read_csv(audit_project / "data/audit/noise_matrix.csv")
+    noise = pd.read_csv(project / "data/audit/noise_matrix.csv")
     assert noise.groupby("true_label")["share"].sum().to_numpy() == pytest.approx(1, abs=1e-3)
 
 

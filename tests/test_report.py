@@ -37,8 +37,11 @@ PLOTS = {  # title: image
     "Dev macro-F1 by epoch": "dev-macro-f1-by-epoch.png",
     "Loss by epoch (train and dev)": "loss-by-epoch-train-and-dev.png",
     "Reliability (validation, 15 confidence bins)": "reliability-validation-15-confidence-bins.png",
+    "Label noise estimated by the audit (train; share of each true class carrying each label)": (
+        "label-noise-estimated-by-the-audit-train-share-of-each-true-class-carrying-each-label.png"
+    ),
 }
-COUNTS, _, CURVES, DEV_F1, _, _ = PLOTS
+COUNTS, _, CURVES, DEV_F1, _, _, _ = PLOTS
 LEAD_LINES = 25
 
 
@@ -61,6 +64,8 @@ def revision_files(predictions, learning_rate: str, dev_f1: float, int8_agreemen
         "plots/predictions.csv": predictions.to_csv(index=False),
         "plots/precision_recall.csv": curves,
         "plots/reliability.csv": f"bin,confidence,accuracy,count\n12,0.78,{validation_f1},300\n",
+        "data/audit/noise_matrix.csv": "true_label,given_label,share,rows\n"
+        + "".join(f"{true},{given},{float(true == given)},10\n" for true in LABELS for given in LABELS),
     }
 
 
