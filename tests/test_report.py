@@ -1,8 +1,10 @@
 """The pull-request report, written in a throw-away git + DVC repository with a main and a branch."""
 
 import json
+import shutil
 import tomllib
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
@@ -61,14 +63,22 @@ def predictions():
     return noisy_pair(rows=300, seed=6)
 
 
-@pytest.fixture
-def pull_request(tmp_path, predictions):
+@pytest.fixture(scope="module")
+def pull_request_made(tmp_path_factory, predictions) -> Path:
     """main, and a branch `change` checked out whose params, metrics and predictions differ."""
-    repo = git_dvc_repo(tmp_path / "repo")
+    repo = git_dvc_repo(tmp_path_factory.mktemp("pull-request") / "repo")
     main = {"dvc.yaml": DVC_YAML, **plot_templates(), **revision_files(predictions[0], "0.001", 0.61, 0.9925)}
     commit_files(repo, main, "main")
     run(["git", "checkout", "-qb", "change"], cwd=repo)
     commit_files(repo, revision_files(predictions[1], "0.0003", 0.72, 0.995), "change")
+    return repo
+
+
+@pytest.fixture
+def pull_request(pull_request_made, tmp_path) -> Path:
+    """This test's own copy of `pull_request_made`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(pull_request_made, repo, symlinks=True)
     return repo
 
 
