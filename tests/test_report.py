@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
+from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run, run_here
 from PIL import Image
 from ruamel.yaml import YAML
 from test_plots import cells_by_revision, groups, plot_templates, project_dvc_yaml, texts
@@ -16,6 +16,7 @@ from finsent.config import LABELS
 from finsent.experiments.compare import compare_predictions
 from finsent.experiments.plots import draw_png, draw_svg, dvc_plots
 from finsent.experiments.report import REPORT_FILE, VERDICT_RULE, params_markdown, verdict
+from finsent.experiments.report import cli as finsent_pr_report
 
 # The project's own plot definitions and templates, and the metrics files the report compares.
 METRICS_FILES = ["metrics/train/metrics.json", "metrics/validation.json", "metrics/export.json"]
@@ -82,9 +83,17 @@ def pull_request(pull_request_made, tmp_path) -> Path:
     return repo
 
 
-def report(repo, *args, check=True):
+def report(repo, *args):
     command = ["python", "-m", "finsent.experiments.report", "report", *args]
-    return run(command, cwd=repo, env=SOURCE_ENV, check=check)
+    return run(command, cwd=repo, env=SOURCE_ENV)
+
+
+def report_here(repo, *args, check=True):
+    """`finsent-pr-report report ARGS` in `repo`, run in this process (`run_here`): the first test
+    runs the command as a real process."""
+    result = run_here(finsent_pr_report, ["finsent-pr-report", "report", *args], repo)
+    assert result.returncode == 0 or not check, result.stderr
+    return result
 
 
 def test_report_leads_with_the_verdict_the_headline_figures_and_the_params_changed(pull_request, predictions):
@@ -152,7 +161,7 @@ def test_report_leads_with_the_verdict_the_headline_figures_and_the_params_chang
 def test_plots_draw_the_base_first_whatever_its_name(pull_request, monkeypatch):
     # A base that sorts after "workspace": first because it is the base, not by the alphabet.
     run(["git", "tag", "x-base", "main"], cwd=pull_request)
-    report(pull_request, "--base", "x-base", "--resamples", "200")
+    report_here(pull_request, "--base", "x-base", "--resamples", "200")
     assert "## Plots: `x-base` first (left, first colour), then the workspace" in (
         (pull_request / "report/report.md").read_text()
     )
@@ -207,7 +216,7 @@ def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_req
     run(["git", "rm", "-q", "plots/precision_recall.csv"], cwd=pull_request)
     run(["git", "commit", "-qm", "no precision-recall table yet"], cwd=pull_request)
     run(["git", "checkout", "-q", "change"], cwd=pull_request)
-    report(pull_request, "--resamples", "200")
+    report_here(pull_request, "--resamples", "200")
     text = (pull_request / "report/report.md").read_text()
     section = text.split(f"### {CURVES}\n")[1].split("###")[0]
     image = PLOTS[CURVES]
@@ -216,7 +225,7 @@ def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_req
 
 
 def test_bad_base_revision_is_named(pull_request):
-    result = report(pull_request, "--base", "nope", check=False)
+    result = report_here(pull_request, "--base", "nope", check=False)
     assert (result.returncode, result.stderr.strip()) == (
         1,
         "error: dvc metrics diff nope --all --json: unknown Git revision 'nope'",
@@ -229,7 +238,7 @@ def test_metrics_missing_on_main_are_named(pull_request):
     run(["git", "rm", "-q", "metrics/validation.json"], cwd=pull_request)
     run(["git", "commit", "-qm", "no validation metrics"], cwd=pull_request)
     run(["git", "checkout", "-q", "change"], cwd=pull_request)
-    result = report(pull_request, check=False)
+    result = report_here(pull_request, check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: main:metrics/validation.json: no metrics at revision main (missing, unreadable, or not in "
