@@ -65,15 +65,22 @@ def pytest_configure(config):
     )
 
 
+BUILT_ONCE = ("first_run", "exported_project")
+"""The session fixtures that one worker builds for all (`built_once`)."""
+
+
 def pytest_collection_modifyitems(items):
     """The order in which pytest-xdist hands out test files: the end-to-end tests (marked slow) first,
-    so that the longest ones start at once, on both workers, instead of ending the run alone; then one
-    file that uses `exported_project`, whose worker builds it while the other runs the files that need
-    no such fixture; the other files that use it last, when it is there to read."""
-    users = [item.path for item in items if "exported_project" in item.fixturenames]
+    so that the longest ones start at once, on both workers, instead of ending the run alone; then the
+    rest. In each part, first the first file that uses a fixture of BUILT_ONCE, whose worker builds it
+    while the other runs the files that need no such fixture; the other files that use it last, when
+    it is there to read instead of awaited."""
+    users = {name: [item.path for item in items if name in item.fixturenames] for name in BUILT_ONCE}
+    first_users = {paths[0] for paths in users.values() if paths}
+    all_users = {path for paths in users.values() for path in paths}
 
     def order(item) -> tuple[bool, int]:
-        fixture_order = 1 if item.path not in users else 0 if item.path == users[0] else 2
+        fixture_order = 0 if item.path in first_users else 2 if item.path in all_users else 1
         return item.get_closest_marker("slow") is None, fixture_order
 
     items.sort(key=order)
@@ -279,6 +286,24 @@ def pipeline_repo(tmp_path, tiny_bert_dir, tiny_mpnet_dir, small_mirror, monkeyp
     return project_copy(tmp_path / "repo", tiny_bert_dir, tiny_mpnet_dir, small_mirror)
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name` that `build(folder)` makes, read-only to the tests, built once a test session:
+    the first xdist worker to need it builds it in the folder that all workers' temporary folders
+    share, the others wait for it. What a build names by path (a tiny checkpoint, a mirror) is that
+    worker's, which lasts as long as the session."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's temporary folder is one of this folder's
+    folder = shared / name
+    with FileLock(shared / f"{name}.lock"):
+        if not folder.exists():
+            staging = shared / f"{name}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            build(staging)
+            staging.rename(folder)
+    return folder
+
+
 @dataclass(frozen=True)
 class FirstRun:
     repo: Path
@@ -288,16 +313,20 @@ class FirstRun:
 @pytest.fixture(scope="session")
 def first_run(tmp_path_factory, tiny_bert_dir, tiny_mpnet_dir, small_mirror) -> FirstRun:
     """The project's copy after one `dvc repro`, committed with its dvc.lock, metrics and the teacher's
-    outputs: run once a test process, copied by `pipeline_run` for each test that starts from it."""
-    repo = project_copy(
-        tmp_path_factory.mktemp("first-run") / "repo", tiny_bert_dir, tiny_mpnet_dir, small_mirror
-    )
-    # Offline as every test is (a session fixture runs before `_offline`): the saved tokenizer's
-    # config records whether it was loaded offline, so a test that repeats this run in a clone sees
-    # the same bytes only with the same setting.
-    stages_run = repro(repo, env={MIRROR_ENV: str(small_mirror), **OFFLINE_ENV})
-    commit_files(repo, {}, "first run: dvc.lock, metrics and the teacher's outputs")
-    return FirstRun(repo, stages_run)
+    outputs: run once a test session (`built_once`), copied by `pipeline_run` for each test that starts
+    from it."""
+
+    def build(folder: Path) -> None:
+        repo = project_copy(folder / "repo", tiny_bert_dir, tiny_mpnet_dir, small_mirror)
+        # Offline as every test is (a session fixture runs before `_offline`): the saved tokenizer's
+        # config records whether it was loaded offline, so a test that repeats this run in a clone sees
+        # the same bytes only with the same setting.
+        stages_run = repro(repo, env={MIRROR_ENV: str(small_mirror), **OFFLINE_ENV})
+        commit_files(repo, {}, "first run: dvc.lock, metrics and the teacher's outputs")
+        (folder / "stages-run.txt").write_text("\n".join(sorted(stages_run)))
+
+    folder = built_once(tmp_path_factory, "first-run", build)
+    return FirstRun(folder / "repo", set((folder / "stages-run.txt").read_text().split()))
 
 
 @pytest.fixture
@@ -416,19 +445,12 @@ def evaluate_stage(project: Path) -> None:
 @pytest.fixture(scope="session")
 def exported_project(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
     """A project folder after train (a tiny model) and the real evaluate and export stages, with small
-    serve limits; read-only to the tests. Built once a test session: the first xdist worker to need it
-    builds it in the folder that all workers' temporary folders share, the others wait for it."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # each worker's temporary folder is one of this folder's
-    project = shared / "exported-project"
-    with FileLock(shared / "exported-project.lock"):
-        if not project.exists():
-            staging = shared / "exported-project.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            build_exported_project(staging, tiny_bert_dir, small_mirror)
-            staging.rename(project)
-    return project
+    serve limits; read-only to the tests. Built once a test session (`built_once`)."""
+    return built_once(
+        tmp_path_factory,
+        "exported-project",
+        lambda folder: build_exported_project(folder, tiny_bert_dir, small_mirror),
+    )
 
 
 def build_exported_project(project: Path, tiny_bert_dir: Path, small_mirror: Path) -> Path:

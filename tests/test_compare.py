@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, predictions_frame, run
+from conftest import SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, predictions_frame, run, run_here
 from sklearn.metrics import accuracy_score, f1_score
 
 from finsent.config import LABELS
 from finsent.errors import FinsentError
+from finsent.experiments.compare import cli as finsent_compare
 from finsent.experiments.compare import compare_predictions, comparison_markdown, read_predictions
 
 
@@ -126,9 +127,9 @@ def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path, monkeypat
     commit_files(repo, {"plots/predictions.csv": baseline.to_csv(index=False)}, "baseline")
     candidate.to_csv(repo / "plots/predictions.csv", index=False)
 
-    def compare(*args, check=True):
+    def compare(*args):
         command = ["python", "-m", "finsent.experiments.compare", *args]
-        return run(command, cwd=repo, env=SOURCE_ENV, check=check)
+        return run(command, cwd=repo, env=SOURCE_ENV)
 
     shown = json.loads(compare("main:plots/predictions.csv", "plots/predictions.csv", "--json").stdout)
     expected = compare_predictions(baseline, candidate, resamples=10_000, seed=0)
@@ -136,7 +137,9 @@ def test_command_reads_git_revisions_and_names_what_is_wrong(tmp_path, monkeypat
     assert shown["rows"] == 200
     assert [m["candidate"] for m in shown["metrics"]] == [m.candidate for m in expected.metrics]
     assert [m["ci_low"] for m in shown["metrics"]] == [m.ci_low for m in expected.metrics]
-    result = compare("nope:plots/predictions.csv", "plots/predictions.csv", check=False)
+    # A bad revision: the command's code in this process (`run_here`), its real process being above.
+    argv = ["finsent-compare", "nope:plots/predictions.csv", "plots/predictions.csv"]
+    result = run_here(finsent_compare, argv, repo)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: nope:plots/predictions.csv: unknown Git revision 'nope'"
 

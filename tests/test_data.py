@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PROJECT, TEST_DATA, edit_params, run, slice_mirror, stage_script
+from conftest import PROJECT, TEST_DATA, edit_params, run, slice_mirror, stage_here, stage_script
 
 from finsent.config import LABELS, load_params
 from finsent.data import MIRROR_ENV, SOURCE_FILES, prepare_raw, read_jsonl, read_source_csv, to_jsonl
@@ -88,7 +88,7 @@ def damaged_mirror(folder: Path, damage: str) -> Path:
         ("a folder", "sent_valid.csv: a folder, not a file, in the mirror folder"),
     ],
 )
-def test_bad_input_stops_the_stage_with_one_line(tmp_path, damage, message):
+def test_bad_input_stops_the_stage_with_one_line(tmp_path, monkeypatch, damage, message):
     mirror = damaged_mirror(tmp_path / "mirror", damage)
     if damage == "no mirror":
         shutil.rmtree(mirror)
@@ -103,7 +103,9 @@ def test_bad_input_stops_the_stage_with_one_line(tmp_path, damage, message):
     (work / "raw").mkdir()
     (work / "raw" / "train.jsonl").write_text("earlier output\n")
 
-    result = run([*stage_script("download.py"), "raw"], cwd=work, env={MIRROR_ENV: str(mirror)}, check=False)
+    # The stage's own code in this process (`stage_here`); it runs as a real process in the next test.
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    result = stage_here("download.py", "raw", cwd=work)
 
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr

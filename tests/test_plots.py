@@ -16,20 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import (
-    BEHAVIOUR_CASES,
     PROJECT,
     SOURCE_ENV,
     commit_files,
     git_dvc_repo,
     run,
+    run_here,
     set_git_identity,
-    stage_script,
-    tiny_trained_model,
 )
 from ruamel.yaml import YAML
 
 from finsent.config import LABELS
-from finsent.data import SOURCE_FILES, read_source_csv, to_jsonl
+from finsent.experiments.plots import cli as finsent_plots
 from finsent.metrics import CALIBRATION_BINS, classification_metrics, precision_recall_curves
 from finsent.plot_data import precision_recall_table
 
@@ -85,9 +83,17 @@ def with_project_plots() -> dict[str, str]:
     return {"dvc.yaml": project_dvc_yaml("plots"), **plot_templates()}
 
 
-def draw(repo: Path, *args: str, check: bool = True):
+def draw(repo: Path, *args: str):
     """`finsent-plots ARGS` in `repo`, importing this checkout's source."""
-    return run(["python", "-m", "finsent.experiments.plots", *args], cwd=repo, env=SOURCE_ENV, check=check)
+    return run(["python", "-m", "finsent.experiments.plots", *args], cwd=repo, env=SOURCE_ENV)
+
+
+def draw_here(repo: Path, *args: str, check: bool = True):
+    """`finsent-plots ARGS` in `repo`, run in this process (`run_here`): the page's own tests above run
+    the command as a real process."""
+    result = run_here(finsent_plots, ["finsent-plots", *args], repo)
+    assert result.returncode == 0 or not check, result.stderr
+    return result
 
 
 def plot_svgs(page: str) -> dict[str, ET.Element]:
@@ -188,29 +194,16 @@ def assert_shares_drawn(cells: dict, predictions: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def evaluated_repo(tmp_path_factory, tiny_bert_dir, small_mirror) -> Path:
+def evaluated_repo(tmp_path_factory, exported_project) -> Path:
     """A git + DVC repo with the project's plots and the real evaluate stage's outputs for a tiny model
-    on 200 validation rows, committed on main (the model and the split stay out of git)."""
+    on 200 validation rows (`exported_project`'s: its plots/ and metrics/validation.json), committed on
+    main."""
     repo = git_dvc_repo(tmp_path_factory.mktemp("evaluated") / "repo")
     shutil.copy(PROJECT / "params.yaml", repo / "params.yaml")
-    validation = read_source_csv(small_mirror / SOURCE_FILES["validation"])
-    (repo / "data/raw").mkdir(parents=True)
-    (repo / "data/raw/validation.jsonl").write_bytes(to_jsonl(validation))
-    tiny_trained_model(tiny_bert_dir, repo / "models")
-    for name, content in AUDIT_FILES.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(content)
-    evaluate = [
-        "models",
-        "data/raw/validation.jsonl",
-        "data/audit/validation.csv",
-        str(BEHAVIOUR_CASES),
-        "metrics/validation.json",
-        "plots",
-    ]
-    run([*stage_script("evaluate.py"), *evaluate], cwd=repo, env=SOURCE_ENV)
-    files = {".gitignore": "/models\n/data/raw\n", **with_project_plots(), **TRAINING_CURVES}
-    commit_files(repo, files, "evaluated")
+    shutil.copytree(exported_project / "plots", repo / "plots")
+    (repo / "metrics").mkdir()
+    shutil.copy(exported_project / "metrics/validation.json", repo / "metrics/validation.json")
+    commit_files(repo, {**with_project_plots(), **TRAINING_CURVES, **AUDIT_FILES}, "evaluated")
     return repo
 
 
@@ -336,10 +329,10 @@ def test_page_of_a_revision_draws_both_side_by_side(evaluated_repo, tmp_path):
     ]
 
 
-@pytest.fixture
-def small_repo(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def small_repo_made(tmp_path_factory) -> Path:
     """A git + DVC repo with the project's plots and a few rows of data for each, committed on main."""
-    repo = git_dvc_repo(tmp_path / "repo")
+    repo = git_dvc_repo(tmp_path_factory.mktemp("small") / "repo")
     predictions = "id,actual,predicted\n0,Bearish,Bearish\n1,Bullish,Neutral\n2,Neutral,Neutral\n"
     curves = "class,recall,precision,average_precision\n" + "".join(
         f"{name},1.0,0.5,0.75\n{name},0.0,1.0,0.75\n" for name in LABELS
@@ -355,6 +348,14 @@ def small_repo(tmp_path) -> Path:
     return repo
 
 
+@pytest.fixture
+def small_repo(small_repo_made, tmp_path) -> Path:
+    """This test's own copy of `small_repo_made`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(small_repo_made, repo, symlinks=True)
+    return repo
+
+
 def use_plot(repo: Path, title: str, template: dict | None = None) -> None:
     """Replace dvc.yaml's plots by one of plots/predictions.csv, drawn with `template` if given."""
     definition = {"x": "actual", "y": {"plots/predictions.csv": "predicted"}, "template": "confusion"}
@@ -366,7 +367,7 @@ def use_plot(repo: Path, title: str, template: dict | None = None) -> None:
 
 def test_a_data_file_missing_is_noted_and_the_other_plots_drawn(small_repo):
     (small_repo / "plots/precision_recall.csv").unlink()
-    draw(small_repo)
+    draw_here(small_repo)
     page = (small_repo / PAGE).read_text()
     assert (
         f"<h2>{CURVES}</h2>\n"
@@ -378,13 +379,13 @@ def test_a_data_file_missing_is_noted_and_the_other_plots_drawn(small_repo):
 def test_nothing_to_draw_is_an_error(small_repo):
     shutil.rmtree(small_repo / "plots")
     shutil.rmtree(small_repo / "metrics")
-    result = draw(small_repo, check=False)
+    result = draw_here(small_repo, check=False)
     assert (result.returncode, result.stderr) == (1, "error: dvc.yaml: no plot has data to draw\n")
     assert not (small_repo / PAGE).exists()
 
 
 def test_unknown_revision_is_named(small_repo):
-    result = draw(small_repo, "nope", check=False)
+    result = draw_here(small_repo, "nope", check=False)
     assert result.returncode == 1
     assert result.stderr.startswith("error: dvc plots diff nope --json: ") and "'nope'" in result.stderr
     assert result.stderr.count("\n") == 1
@@ -404,7 +405,7 @@ def test_a_template_that_loads_an_outside_image_is_refused(small_repo):
             },
         },
     )
-    result = draw(small_repo, check=False)
+    result = draw_here(small_repo, check=False)
     assert (result.returncode, result.stderr) == (
         1,
         "error: plot Tracked: refers to https://example.invalid/pixel.png, outside the page\n",
@@ -419,7 +420,7 @@ def test_a_template_that_loads_outside_data_fetches_nothing(small_repo):
         "mark": "point",
     }
     use_plot(small_repo, "Remote data", spec)
-    result = draw(small_repo, check=False)
+    result = draw_here(small_repo, check=False)
     assert (result.returncode, result.stderr) == (
         1,
         "error: plot Remote data: Vega-Lite could not draw it "
@@ -430,7 +431,7 @@ def test_a_template_that_loads_outside_data_fetches_nothing(small_repo):
 def test_markup_in_a_plot_title_is_text(small_repo):
     title = '<img src=x onerror="alert(1)">'
     use_plot(small_repo, title)
-    draw(small_repo)
+    draw_here(small_repo)
     page = (small_repo / PAGE).read_text()
     assert "<img" not in page
     assert "<h2>&lt;img src=x onerror=&quot;alert(1)&quot;&gt;</h2>" in page
@@ -449,7 +450,7 @@ def test_the_reliability_diagram_draws_the_diagonal_and_each_bins_number_of_text
     (small_repo / "plots/reliability.csv").write_text(
         "bin,confidence,accuracy,count\n6,0.37,0.0,2\n15,0.98,0.9,40\n"
     )
-    draw(small_repo, "base")
+    draw_here(small_repo, "base")
     svg = plot_svgs((small_repo / PAGE).read_text())[RELIABILITY]
     tables = {
         "base": pd.DataFrame({"bin": [10, 15], "confidence": [0.65, 0.98], "count": [2, 1]}),

@@ -1,12 +1,14 @@
 """The pull-request report, written in a throw-away git + DVC repository with a main and a branch."""
 
 import json
+import shutil
 import tomllib
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run
+from conftest import PROJECT, SOURCE_ENV, commit_files, git_dvc_repo, noisy_pair, run, run_here
 from PIL import Image
 from ruamel.yaml import YAML
 from test_plots import cells_by_revision, groups, plot_templates, project_dvc_yaml, texts
@@ -22,6 +24,7 @@ from finsent.experiments.report import (
     params_markdown,
     verdict,
 )
+from finsent.experiments.report import cli as finsent_pr_report
 
 # The project's own plot definitions and templates, and the metrics files the report compares.
 METRICS_FILES = ["metrics/train/metrics.json", "metrics/validation.json", "metrics/export.json"]
@@ -74,10 +77,10 @@ def predictions():
     return noisy_pair(rows=300, seed=6)
 
 
-@pytest.fixture
-def pull_request(tmp_path, predictions):
+@pytest.fixture(scope="module")
+def pull_request_made(tmp_path_factory, predictions) -> Path:
     """main, and a branch `change` checked out whose params, metrics and predictions differ."""
-    repo = git_dvc_repo(tmp_path / "repo")
+    repo = git_dvc_repo(tmp_path_factory.mktemp("pull-request") / "repo")
     main = {"dvc.yaml": DVC_YAML, **plot_templates(), **revision_files(predictions[0], "0.001", 0.61, 0.9925)}
     commit_files(repo, main, "main")
     run(["git", "checkout", "-qb", "change"], cwd=repo)
@@ -85,9 +88,25 @@ def pull_request(tmp_path, predictions):
     return repo
 
 
-def report(repo, *args, check=True):
+@pytest.fixture
+def pull_request(pull_request_made, tmp_path) -> Path:
+    """This test's own copy of `pull_request_made`."""
+    repo = tmp_path / "repo"
+    shutil.copytree(pull_request_made, repo, symlinks=True)
+    return repo
+
+
+def report(repo, *args):
     command = ["python", "-m", "finsent.experiments.report", "report", *args]
-    return run(command, cwd=repo, env=SOURCE_ENV, check=check)
+    return run(command, cwd=repo, env=SOURCE_ENV)
+
+
+def report_here(repo, *args, check=True):
+    """`finsent-pr-report report ARGS` in `repo`, run in this process (`run_here`): the first test
+    runs the command as a real process."""
+    result = run_here(finsent_pr_report, ["finsent-pr-report", "report", *args], repo)
+    assert result.returncode == 0 or not check, result.stderr
+    return result
 
 
 def test_report_leads_with_the_verdict_the_headline_figures_and_the_params_changed(pull_request, predictions):
@@ -155,7 +174,7 @@ def test_report_leads_with_the_verdict_the_headline_figures_and_the_params_chang
 def test_plots_draw_the_base_first_whatever_its_name(pull_request, monkeypatch):
     # A base that sorts after "workspace": first because it is the base, not by the alphabet.
     run(["git", "tag", "x-base", "main"], cwd=pull_request)
-    report(pull_request, "--base", "x-base", "--resamples", "200")
+    report_here(pull_request, "--base", "x-base", "--resamples", "200")
     assert "## Plots: `x-base` first (left, first colour), then the workspace" in (
         (pull_request / "report/report.md").read_text()
     )
@@ -210,7 +229,7 @@ def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_req
     run(["git", "rm", "-q", "plots/precision_recall.csv"], cwd=pull_request)
     run(["git", "commit", "-qm", "no precision-recall table yet"], cwd=pull_request)
     run(["git", "checkout", "-q", "change"], cwd=pull_request)
-    report(pull_request, "--resamples", "200")
+    report_here(pull_request, "--resamples", "200")
     text = (pull_request / "report/report.md").read_text()
     section = text.split(f"### {CURVES}\n")[1].split("###")[0]
     image = PLOTS[CURVES]
@@ -219,7 +238,7 @@ def test_plot_data_missing_at_the_base_is_noted_and_the_workspace_drawn(pull_req
 
 
 def test_bad_base_revision_is_named(pull_request):
-    result = report(pull_request, "--base", "nope", check=False)
+    result = report_here(pull_request, "--base", "nope", check=False)
     assert (result.returncode, result.stderr.strip()) == (
         1,
         "error: dvc metrics diff nope --all --json: unknown Git revision 'nope'",
@@ -232,7 +251,7 @@ def test_metrics_missing_on_main_are_named(pull_request):
     run(["git", "rm", "-q", "metrics/validation.json"], cwd=pull_request)
     run(["git", "commit", "-qm", "no validation metrics"], cwd=pull_request)
     run(["git", "checkout", "-q", "change"], cwd=pull_request)
-    result = report(pull_request, check=False)
+    result = report_here(pull_request, check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "error: main:metrics/validation.json: no metrics at revision main (missing, unreadable, or not in "
