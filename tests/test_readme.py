@@ -133,3 +133,7 @@ def test_records_not_written_yet_are_said_and_written_ones_are_used(tmp_path):
     }
     (root / "benchmarks/tests.json").write_text(json.dumps(tests))
     assert "took 20 min there, and the tests 9 min (`make test`'s pytest) (" in results_markdown(root)
+    # A tests record from another machine names its machine.
+    other = tests | {"machine": machine | {"model": "Other CPU", "cores": 4}}
+    (root / "benchmarks/tests.json").write_text(json.dumps(other))
+    assert "and the tests 9 min (`make test`'s pytest) on a 4-core Other CPU (" in results_markdown(root)

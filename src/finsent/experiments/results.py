@@ -184,10 +184,13 @@ def provenance(root: Path) -> list[str]:
         f"{pipeline['results']['total_seconds'] / 60:.0f} min there"
     )
     if tests_file.exists():
-        minutes = {name: run["seconds"] / 60 for name, run in _read(tests_file)["results"].items()}
+        tests = _read(tests_file)
+        minutes = {name: run["seconds"] / 60 for name, run in tests["results"].items()}
         line += ", and the tests " + " and ".join(
             f"{value:.0f} min ({name})" for name, value in minutes.items()
         )
+        if tests["machine"]["model"] != machine["model"]:  # records of two machines: each names its own
+            line += f" on a {tests['machine']['cores']}-core {tests['machine']['model']}"
     return ["", line + " ([docs/speed.md](docs/speed.md))."]
 
 
