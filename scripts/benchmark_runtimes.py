@@ -170,7 +170,8 @@ def time_model(exported_dir: Path, texts: list[str], args, peaks: dict, referenc
         print(f"timing {exported_dir}: {name}", file=sys.stderr)
         timing, probabilities = time_candidate(make, texts, args.single)
         peak = peaks["fp32"] if "fp32" in name else peaks["u8s8"]  # the CPU's int8 peak for either format
-        runs[name] = {**timing, "share_of_peak": timing["batch_32_texts_per_s"] * operations / 1e9 / peak}
+        share = None if "bf16" in name else timing["batch_32_texts_per_s"] * operations / 1e9 / peak
+        runs[name] = {**timing, "share_of_peak": share}  # None: no bf16 peak is measured
         if reference is not None:
             agreement = (probabilities.argmax(axis=1) == reference.argmax(axis=1)).mean()
             runs[name] |= {
@@ -191,7 +192,8 @@ def print_table(name: str, model: dict) -> None:
         fidelity = (
             f"{run['agreement_with_pytorch']:.2%} | {run['macro_f1']:.4f}" if "macro_f1" in run else "| "
         )
-        batch_32 = f"{run['batch_32_texts_per_s']:.1f} | {run['share_of_peak']:.0%}"
+        share = "" if run["share_of_peak"] is None else f"{run['share_of_peak']:.0%}"
+        batch_32 = f"{run['batch_32_texts_per_s']:.1f} | {share}"
         print(f"| {run_name} | {batch_32} | {batch_1} | {fidelity} |")
 
 
