@@ -60,7 +60,11 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
     )
     env = {**SOURCE_ENV, MIRROR_ENV: str(mirror)}
     run([*stage_script("download.py"), "raw"], cwd=project, env=env)
-    run([*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=project, env=env)
+    run(
+        [*stage_script("tokenize_splits.py"), "raw", "teacher", "audit/train.csv", "tokenized"],
+        cwd=project,
+        env=env,
+    )
     return project
 
 

@@ -187,7 +187,9 @@ def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path):
     edit_params(tmp_path, model__checkpoint=str(folder))
     (tmp_path / "raw").mkdir()
     result = run(
-        [*stage_script("tokenize_splits.py"), "raw", "teacher", "tokenized"], cwd=tmp_path, check=False
+        [*stage_script("tokenize_splits.py"), "raw", "teacher", "audit/train.csv", "tokenized"],
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr == (
@@ -199,7 +201,7 @@ def test_a_local_folder_that_is_no_model_stops_tokenize_with_one_line(tmp_path):
 def test_tokenize_without_the_raw_splits_is_one_line(tmp_path, tiny_bert_dir):
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, model__checkpoint=str(tiny_bert_dir))
-    result = stage_here("tokenize_splits.py", "raw", "teacher", "tokenized", cwd=tmp_path)
+    result = stage_here("tokenize_splits.py", "raw", "teacher", "audit/train.csv", "tokenized", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == (
         "error: raw/train.jsonl: missing (the download stage writes it: `dvc repro download`)\n"
@@ -211,7 +213,7 @@ def test_checkpoint_that_resolves_nowhere_stops_tokenize(tmp_path):
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     edit_params(tmp_path, model__checkpoint="nobody/no-such-model")
     (tmp_path / "raw").mkdir()
-    result = stage_here("tokenize_splits.py", "raw", "teacher", "tokenized", cwd=tmp_path)
+    result = stage_here("tokenize_splits.py", "raw", "teacher", "audit/train.csv", "tokenized", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("error: model.checkpoint 'nobody/no-such-model': not a local folder")
     assert result.stderr.count("\n") == 1
